@@ -1,0 +1,245 @@
+"""The operator's Prometheus metrics: names, labels, values and what a scrape returns."""
+
+from __future__ import annotations
+
+import math
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller import metrics
+
+
+@pytest.fixture
+def families() -> metrics.Families:
+    return metrics.Families(CollectorRegistry())
+
+
+def make_search(families: metrics.Families, name: str = "cifar") -> metrics.SearchMetrics:
+    return metrics.SearchMetrics("team-a", name, families)
+
+
+def sample(families: metrics.Families, name: str, **labels: str) -> float | None:
+    value = families.registry.get_sample_value(name, labels)
+    return None if value is None else float(value)
+
+
+def all_label_names(families: metrics.Families) -> set[str]:
+    names: set[str] = set()
+    for family in families.registry.collect():
+        for s in family.samples:
+            names.update(s.labels)
+    return names
+
+
+# -- naming and cardinality ---------------------------------------------------------------
+
+
+def test_every_series_has_the_prefix_and_base_units(families: metrics.Families) -> None:
+    names = metrics.series_names(families)
+    assert names, "no series registered"
+    assert all(n.startswith("nas_bohb_") for n in names)
+    # Durations are in seconds; nothing is in milliseconds or minutes.
+    assert not any(unit in n for n in names for unit in ("_ms", "millis", "minutes", "_hours"))
+    counters = [f for f in families.registry.collect() if f.type == "counter"]
+    assert counters and all(
+        s.name.endswith(("_total", "_created")) for f in counters for s in f.samples
+    )
+
+
+def test_labels_never_include_a_trial_id(families: metrics.Families) -> None:
+    m = make_search(families)
+    for trial in range(50):
+        m.trial_started(400 if trial % 2 else 1200, wait_s=0.5)
+        m.trial_finished(400 if trial % 2 else 1200, "ok", 410.0, gpus=1, loss=0.5 - trial / 100)
+    m.progress({400: [0.5], 1200: [0.1, 0.2]})
+    m.trial_counts({"running": 3, "succeeded": 50})
+    m.correlations({400: {f"0-0-{i}": i / 10 for i in range(5)},
+                    1200: {f"0-0-{i}": i / 11 for i in range(5)}})
+    allowed = {"namespace", "search", "budget", "state", "budget_low", "budget_high", "le"}
+    assert all_label_names(families) <= allowed
+
+    # 50 trials over two budgets give two budget label values, not 50.
+    budgets = {s.labels["budget"] for f in families.registry.collect() for s in f.samples
+               if "budget" in s.labels}
+    assert budgets == {"400", "1200"}
+
+
+def test_unknown_finished_state_is_counted_as_unknown(families: metrics.Families) -> None:
+    m = make_search(families)
+    m.trial_finished(400, "exploded", 3.0)
+    assert sample(families, "nas_bohb_trials_finished_total", namespace="team-a",
+                  search="cifar", budget="400", state="unknown") == 1
+    assert sample(families, "nas_bohb_trials_failed_total", namespace="team-a",
+                  search="cifar", budget="400") == 1
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+def test_finished_trials_feed_counters_histograms_and_best_loss(
+    families: metrics.Families,
+) -> None:
+    m = make_search(families)
+    labels = {"namespace": "team-a", "search": "cifar", "budget": "400"}
+    m.trial_started(400, wait_s=2.0)
+    m.trial_started(400)
+    m.trial_finished(400, "ok", duration_s=430.0, gpus=2, loss=0.3, train_s=399.5)
+    m.trial_finished(400, "crashed", duration_s=12.0, gpus=2)
+
+    assert sample(families, "nas_bohb_trials_started_total", **labels) == 2
+    assert sample(families, "nas_bohb_trials_finished_total", state="ok", **labels) == 1
+    assert sample(families, "nas_bohb_trials_finished_total", state="crashed", **labels) == 1
+    assert sample(families, "nas_bohb_trials_failed_total", **labels) == 1
+    # GPU seconds: (430 + 12) x 2 GPUs; budget seconds: reported 399.5 + min(12, 400).
+    assert sample(families, "nas_bohb_gpu_seconds_total", **labels) == pytest.approx(884.0)
+    assert sample(families, "nas_bohb_budget_seconds_total", **labels) == pytest.approx(411.5)
+    assert sample(families, "nas_bohb_trial_duration_seconds_count", **labels) == 2
+    assert sample(families, "nas_bohb_trial_duration_seconds_sum", **labels) == 442.0
+    assert sample(families, "nas_bohb_trial_scheduling_wait_seconds_count", **labels) == 1
+    assert sample(families, "nas_bohb_budget_best_loss", **labels) == 0.3
+
+
+def test_budget_best_loss_only_moves_down_and_ignores_nan(families: metrics.Families) -> None:
+    m = make_search(families)
+    labels = {"namespace": "team-a", "search": "cifar", "budget": "1200"}
+    m.trial_finished(1200, "ok", 1.0, loss=0.2)
+    m.trial_finished(1200, "ok", 1.0, loss=0.25)
+    m.trial_finished(1200, "diverged", 1.0, loss=math.nan)
+    m.budget_best(1200, math.inf)
+    assert sample(families, "nas_bohb_budget_best_loss", **labels) == 0.2
+    m.trial_finished(1200, "ok", 1.0, loss=0.1)
+    assert sample(families, "nas_bohb_budget_best_loss", **labels) == 0.1
+
+
+def test_incumbent_ignores_non_finite_losses(families: metrics.Families) -> None:
+    m = make_search(families)
+    m.incumbent(0.09)
+    m.incumbent(math.nan)
+    assert sample(families, "nas_bohb_best_loss", namespace="team-a", search="cifar") == 0.09
+
+
+def test_trial_counts_zero_the_states_not_given(families: metrics.Families) -> None:
+    m = make_search(families)
+    m.trial_counts({"running": 4, "pending": 2})
+    m.trial_counts({"running": 1, "succeeded": 5})
+    got = {s: sample(families, "nas_bohb_trials", namespace="team-a", search="cifar", state=s)
+           for s in metrics.TRIAL_STATES}
+    assert got == {"pending": 0, "running": 1, "succeeded": 5, "failed": 0, "cancelled": 0}
+
+
+def test_progress_reports_mean_per_budget_and_drops_idle_budgets(
+    families: metrics.Families,
+) -> None:
+    m = make_search(families)
+    m.progress({400: [0.2, 0.6], 1200: [0.1]})
+    b400 = {"namespace": "team-a", "search": "cifar", "budget": "400"}
+    b1200 = {**b400, "budget": "1200"}
+    assert sample(families, "nas_bohb_trial_progress_ratio", **b400) == pytest.approx(0.4)
+    assert sample(families, "nas_bohb_trials_running", **b400) == 2
+
+    m.progress({1200: [0.5]})
+    assert sample(families, "nas_bohb_trials_running", **b400) == 0
+    assert sample(families, "nas_bohb_trial_progress_ratio", **b400) is None
+    assert sample(families, "nas_bohb_trial_progress_ratio", **b1200) == 0.5
+
+
+def test_dispatch_timer_observes_one_dispatch(families: metrics.Families) -> None:
+    m = make_search(families)
+    with m.time_dispatch():
+        sum(range(1000))
+    assert sample(families, "nas_bohb_engine_dispatch_seconds_count",
+                  namespace="team-a", search="cifar") == 1
+
+
+def test_forget_removes_only_that_search(families: metrics.Families) -> None:
+    a, b = make_search(families, "a"), make_search(families, "b")
+    for m in (a, b):
+        m.trial_started(400, wait_s=1.0)
+        m.trial_finished(400, "ok", 5.0, gpus=1, loss=0.5)
+        m.trial_counts({"succeeded": 1})
+        m.incumbent(0.5)
+        m.progress({400: [0.5]})
+    a.forget()
+    searches = {s.labels.get("search") for f in families.registry.collect() for s in f.samples}
+    assert searches == {"b"}
+
+
+# -- budget rank correlation (Falkner et al. 2018; Zela et al. 2018) ------------------------
+
+
+def test_correlation_is_spearman_between_adjacent_budgets_only() -> None:
+    losses = {
+        1.0: {"c1": 0.9, "c2": 0.8, "c3": 0.7, "c4": 0.6},
+        3.0: {"c1": 0.5, "c2": 0.6, "c3": 0.4, "c4": 0.3},  # one swap: rho = 0.8
+        9.0: {"c1": 0.1, "c2": 0.2, "c3": 0.3, "c4": 0.4},  # reversed w.r.t. 3.0 mostly
+    }
+    found = metrics.budget_rank_correlations(losses)
+    assert [(c.low, c.high, c.samples) for c in found] == [(1.0, 3.0, 4), (3.0, 9.0, 4)]
+    assert found[0].rho == pytest.approx(0.8)
+    assert found[1].rho == pytest.approx(-0.8)
+
+
+def test_correlation_needs_three_common_finite_configurations() -> None:
+    losses = {
+        1.0: {"c1": 0.9, "c2": 0.8, "c3": math.nan, "c4": 0.1},
+        3.0: {"c1": 0.5, "c2": 0.6, "c3": 0.4},
+    }
+    assert metrics.budget_rank_correlations(losses) == []
+
+
+def test_correlation_gauges_carry_the_budget_pair(families: metrics.Families) -> None:
+    m = make_search(families)
+    m.correlations({400: {"a": 1, "b": 2, "c": 3}, 1200: {"a": 1, "b": 3, "c": 2}})
+    labels = {"namespace": "team-a", "search": "cifar", "budget_low": "400",
+              "budget_high": "1200"}
+    assert sample(families, "nas_bohb_budget_rank_correlation", **labels) == pytest.approx(0.5)
+    assert sample(families, "nas_bohb_budget_rank_correlation_samples", **labels) == 3
+
+
+# -- a real scrape over HTTP --------------------------------------------------------------
+
+
+@pytest.fixture
+def served(families: metrics.Families) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=families.registry)
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_scraped_series_move_as_trials_finish(families: metrics.Families, served: str) -> None:
+    m = make_search(families)
+    key = frozenset({"namespace": "team-a", "search": "cifar", "budget": "400"}.items())
+    ok_key = frozenset({**dict(key), "state": "ok"}.items())
+
+    m.trial_started(400, wait_s=0.3)
+    before = scrape(served)
+    assert before[("nas_bohb_trials_started_total", key)] == 1
+    assert ("nas_bohb_trials_finished_total", ok_key) not in before
+
+    m.trial_finished(400, "ok", 12.0, gpus=1, loss=0.42)
+    m.incumbent(0.42)
+    after = scrape(served)
+    assert after[("nas_bohb_trials_finished_total", ok_key)] == 1
+    assert after[("nas_bohb_gpu_seconds_total", key)] == 12.0
+    assert after[("nas_bohb_budget_best_loss", key)] == 0.42
+    search_key = frozenset({"namespace": "team-a", "search": "cifar"}.items())
+    assert after[("nas_bohb_best_loss", search_key)] == 0.42
