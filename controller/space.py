@@ -313,8 +313,10 @@ def _add_conditions(configspace: CS.ConfigurationSpace, conditions: tuple[Condit
         try:
             configspace.add(condition)
         except Exception as exc:  # ConfigSpace raises several unrelated types here.
+            detail = "the conditions form a cycle" if "Cyclic" in type(exc).__name__ \
+                else f"{type(exc).__name__}: {exc}"
             raise SpecError(last_path[child], f"contradictory condition on {child!r}: "
-                            f"{type(exc).__name__} {exc}".rstrip()) from exc
+                            f"{detail}") from exc
 
 
 def _clause(c: ForbiddenClause, by_name: Mapping[str, ResolvedParameter],

@@ -17,8 +17,9 @@ convolutions want on GPUs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,14 @@ class Augmenter:
         # device-to-host copy per step.
         self._rng = np.random.default_rng(seed)
         self._arange = torch.arange(_SIZE, device=data.device)
+
+    def get_state(self) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        """The RNG states, to replay the same batches later (see :meth:`set_state`)."""
+        return self.generator.get_state(), self._rng.bit_generator.state
+
+    def set_state(self, state: tuple[torch.Tensor, Mapping[str, Any]]) -> None:
+        self.generator.set_state(state[0])
+        self._rng.bit_generator.state = state[1]
 
     def permutation(self) -> torch.Tensor:
         """A fresh order of the training images, for one epoch."""

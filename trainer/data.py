@@ -22,6 +22,7 @@ fixed seed, the same for every trial, so that validation errors of different tri
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fcntl
 import hashlib
@@ -40,7 +41,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -265,7 +266,7 @@ def _extract_to_cache(archive: Path, md5: str, cache: Path) -> Cifar10:
 
 def _read_archive(archive: Path) -> Cifar10:
     """One pass over the gzipped tar, unpickling the six batches from memory."""
-    batches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    blobs: dict[str, tuple[bytes, str]] = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
@@ -273,9 +274,10 @@ def _read_archive(archive: Path) -> Cifar10:
                 if member.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH):
                     f = tar.extractfile(member)
                     assert f is not None  # a regular file always has contents
-                    batches[name] = _parse_batch(f, f"{archive}:{member.name}")
+                    blobs[name] = (f.read(), f"{archive}:{member.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"--data: archive {archive} is corrupt or truncated: {exc}") from exc
+    batches = {name: _parse_batch(blob, where) for name, (blob, where) in blobs.items()}
     return _assemble(batches, str(archive))
 
 
@@ -287,26 +289,28 @@ def _read_folder(folder: Path) -> Cifar10:
     for name in (*TRAIN_BATCHES, TEST_BATCH):
         path = folder / name
         if path.is_file():
-            with path.open("rb") as f:
-                batches[name] = _parse_batch(f, str(path))
+            batches[name] = _parse_batch(path.read_bytes(), str(path))
     return _assemble(batches, str(folder))
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Admits only what a CIFAR-10 batch holds: numpy arrays, dtypes, plain containers."""
+    """Admits only what a CIFAR-10 batch holds: numpy arrays, dtypes, bytes, containers."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):
+            # How Python 3's protocol 2 spells a bytes object (batches rebuilt with Python 3).
+            return codecs.encode
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             # numpy's own array reconstructor, wherever this numpy version keeps it.
             return np.zeros(1).__reduce__()[0]
         raise pickle.UnpicklingError(f"forbidden global {module}.{name} in a CIFAR-10 batch")
 
 
-def _parse_batch(f: IO[bytes], where: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        raw = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        raw = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
         batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
         x = np.asarray(batch["data"], dtype=np.uint8)
         y = np.asarray(batch["labels"], dtype=np.int64)

@@ -46,6 +46,7 @@ Environment (set by the operator on the trial pod):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -149,7 +150,7 @@ def progress_entry(progress: Mapping[str, Any]) -> dict[str, Any]:
     }
     entry = {names[k]: v for k, v in progress.items() if k in names}
     entry["reportedAt"] = round(time.time(), 3)
-    return json_safe(entry)  # type: ignore[no-any-return]
+    return dict(json_safe(entry))
 
 
 def result_entry(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def result_entry(record: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(curve, list):
         entry["learning_curve"] = thin_curve(curve)
     entry["reported_at"] = round(time.time(), 3)
-    return json_safe(entry)  # type: ignore[no-any-return]
+    return dict(json_safe(entry))
 
 
 @dataclass(frozen=True)
@@ -283,12 +284,10 @@ class KubeReporter:
                 return
             self._last_progress = now
             entry = progress_entry(progress)
-            try:
+            with contextlib.suppress(queue.Empty):
                 self._pending.get_nowait()  # Drop an older progress nobody has sent yet.
-            except queue.Empty:
-                pass
             self._pending.put_nowait(entry)
-        except Exception as error:  # noqa: BLE001 - reporting must never stop training.
+        except Exception as error:
             logger.warning("Trial %s: progress not queued: %s.", self.target.trial_id, error)
 
     def on_result(self, record: Mapping[str, Any]) -> None:
@@ -307,7 +306,7 @@ class KubeReporter:
                     "Trial %s: result could not be reported (%s); the operator will count"
                     " the trial as failed.", self.target.trial_id, self.stats.last_error,
                 )
-        except Exception as error:  # noqa: BLE001 - reporting must never stop training.
+        except Exception as error:
             logger.error("Trial %s: result not reported: %s.", self.target.trial_id, error)
 
     # -- delivery ----------------------------------------------------------------------
@@ -328,10 +327,8 @@ class KubeReporter:
                 self.target.interval_seconds, self.target.deadline_seconds))
 
     def _stop_progress(self) -> None:
-        try:
+        with contextlib.suppress(queue.Empty):
             self._pending.get_nowait()
-        except queue.Empty:
-            pass
         self._pending.put(None)
         self._thread.join(timeout=self.target.deadline_seconds)
 

@@ -162,6 +162,9 @@ def train(
             raise
     finally:
         run.release()
+    # A run that failed part-way still reports how far it got.
+    record["steps"], record["epochs"] = run.steps, run.epochs
+    record["train_seconds"] = run.clock.elapsed()
     return _finish(record, status, message, wall_start)
 
 
@@ -190,6 +193,12 @@ class _Run:
         self.batch_size = int(cfg["batch_size"])
         self.net: model.Network | None = None
         self.data: augment.DeviceData | None = None
+        self.steps = self.images = self.n_train = 0
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the training split so far (fractional)."""
+        return self.images / self.n_train if self.n_train else 0.0
 
     def release(self) -> None:
         self.net = self.data = None
@@ -207,6 +216,7 @@ class _Run:
         self.net = net = model.Network(cfg).to(dev).to(memory_format=fmt)
         record["n_params"] = sum(p.numel() for p in net.parameters())
         self.data = augment.DeviceData(self.cifar, dev, fmt)
+        self.n_train = self.data.n_train
         aug = augment.Augmenter(self.data, int(cfg["length"]), float(cfg["alpha"]), self.seed)
         self._warm_up(net, aug)
         opt = self._optimizer(net)
@@ -234,11 +244,13 @@ class _Run:
                     done = True
                     break
                 lr = self.sgdr.lr(now)
-                loss = self._step(net, opt, aug, order[b * self.batch_size:][: self.batch_size], lr)
+                indices = order[b * self.batch_size :][: self.batch_size]
+                loss = self._step(net, opt, aug, indices, lr)
                 self.clock.tick()
                 loss_sum += loss.detach()
                 steps += 1
                 epoch_steps += 1
+                self.steps, self.images = steps, self.images + len(indices)
                 last_step = self.clock.elapsed() - now
                 if steps % check_every == 0 and not torch.isfinite(loss_sum).item():
                     raise _Diverged(f"training loss became {loss_sum.item()} at step {steps}")
@@ -251,7 +263,7 @@ class _Run:
             if not math.isfinite(train_loss):
                 raise _Diverged(f"training loss became {train_loss} at step {steps}")
             point = CurvePoint(
-                epoch=steps * self.batch_size / self.data.n_train,
+                epoch=self.epochs,
                 train_seconds=self.clock.elapsed(),
                 lr=lr,
                 train_loss=train_loss,
@@ -260,8 +272,7 @@ class _Run:
             if self.eval_every_epoch and not done:
                 point["validation_error"] = self._evaluate(net, "validation")[1]
             curve.append(point)
-            record["steps"], record["epochs"] = steps, point["epoch"]
-            record["train_loss"], record["train_seconds"] = train_loss, point["train_seconds"]
+            record["train_loss"] = train_loss
             if not done:
                 self._report(point)
 
@@ -272,13 +283,12 @@ class _Run:
         _, test_error = self._evaluate(net, "test")
         record["validation_loss"], record["validation_error"] = val_loss, val_error
         record["test_error"] = test_error
-        record["train_seconds"] = self.clock.elapsed()
         if curve:
             curve[-1]["validation_error"] = val_error
             self._report(curve[-1])
         logger.info(
             "Trained %d steps (%.2f epochs) in %.1f s: validation error %.4f, test error %.4f.",
-            steps, record["epochs"], record["train_seconds"], val_error, test_error,
+            steps, self.epochs, self.clock.elapsed(), val_error, test_error,
         )
 
     def _optimizer(self, net: torch.nn.Module) -> torch.optim.SGD:
@@ -317,15 +327,25 @@ class _Run:
         return loss
 
     def _warm_up(self, net: model.Network, aug: augment.Augmenter) -> None:
-        """Run a few steps off the clock with the learning rate at zero, then undo them."""
+        """Run a few steps off the clock, then undo them: weights, statistics and RNGs.
+
+        The first steps select kernels and grow the allocator; they belong to no budget,
+        and since all state is restored, the run is the same with or without them.
+        """
         saved = {k: v.clone() for k, v in net.state_dict().items()}
+        rng = aug.get_state(), torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.dev) if self.cuda else None
         opt = self._optimizer(net)
         order = aug.permutation()
         for _ in range(WARMUP_STEPS[self.dev.type]):
             self._step(net, opt, aug, order[: self.batch_size], 0.0)
-        net.load_state_dict(saved)
         if self.cuda:
             torch.cuda.synchronize(self.dev)
+        net.load_state_dict(saved)
+        aug.set_state(rng[0])
+        torch.set_rng_state(rng[1])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.dev)
 
     @torch.no_grad()
     def _evaluate(self, net: torch.nn.Module, split: str) -> tuple[float, float]:

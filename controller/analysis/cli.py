@@ -4,7 +4,7 @@ SOURCE is a run folder of ``nas-bohb search``, a folder of hpbandster's
 ``json_result_logger`` output, or ``NAMESPACE/NAME`` of a ``JointSearch`` on the cluster
 (exported to hpbandster's files by the operator package first). Notes about partial input
 go to stderr as well as into the report; the exit status is 0 whenever a report was
-written, 2 when SOURCE cannot be read at all.
+written, 2 when SOURCE cannot be read at all, 1 on an unexpected failure (a bug).
 """
 
 from __future__ import annotations
@@ -74,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"nas-bohb analyze: error: cannot write the report: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, not bad input: say so in one line, keep the trace
+        logger.debug("Analysis of %s failed.", args.source, exc_info=True)
+        print(f"nas-bohb analyze: error: unexpected {type(exc).__name__}: {exc} "
+              "(a bug; please report it with the source's configs.json and results.json)",
+              file=sys.stderr)
+        return 1
 
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

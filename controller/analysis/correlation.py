@@ -130,7 +130,7 @@ def _judge(pair: BudgetPair, result: Correlations) -> None:
             "next one makes successive halving discard good configurations on noise: "
             "consider a larger minimum budget or a smaller eta."
         )
-        logger.warning("Budgets %s correlate weakly (rho %.2f, n %d).", names, pair.rho, pair.n)
+        logger.info("Budgets %s correlate weakly (rho %.2f, n %d).", names, pair.rho, pair.n)
 
 
 def _fmt_p(p: float | None) -> str:

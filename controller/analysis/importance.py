@@ -17,7 +17,8 @@ scikit-learn's forest) gives the *individual* importances. This module is the ad
   just below the parameter's range, which is widened to hold it (numbers: 10 % of the
   range below the low end, integers: one below), or to an extra ``None`` choice
   (categoricals). "Inactive" is thus one more region of the parameter, so its importance
-  includes the effect of switching the parameter on, as in SMAC's and DeepCAVE's forests.
+  includes the effect of switching the parameter on (SMAC's random forest, too, imputes
+  inactive values outside the range).
 * **Spread**: the forest is fitted with several seeds; each importance is the mean over
   seeds and ``std`` the standard deviation across seeds (forest randomness only, not the
   uncertainty from having few runs).
@@ -130,13 +131,6 @@ class Design:
                 else:
                     x[i, cols[0]] = float(row[name])
         return x, np.array(bounds), columns
-
-
-def importance_per_budget(
-    search: load.Search, space: ResolvedSpace, seeds: int = DEFAULT_SEEDS
-) -> list[BudgetImportance]:
-    """fANOVA importances and pair interactions for every budget, smallest budget first."""
-    return [budget_importance(search, space, b, seeds) for b in search.budgets]
 
 
 def budget_importance(
@@ -292,13 +286,12 @@ def forest_terms(design: Design, seed: int) -> tuple[np.ndarray, np.ndarray]:
     pair_index = list(itertools.combinations(range(len(columns)), 2))
     pair_fractions, main_fractions = [], []
     for estimator in forest.estimators_:
-        tree = _TreeAnova(estimator.tree_, bounds)
+        tree = _TreeAnova(estimator.tree_, bounds, columns)
         if tree.variance <= 0.0:
             continue  # Optuna skips such trees too.
-        mains = np.array([tree.marginal_variance([c]) for c in columns])
+        mains = np.array([tree.marginal_variance(i) for i in range(len(columns))])
         pairs = np.array([
-            max(0.0, tree.marginal_variance([columns[i], columns[j]]) - mains[i] - mains[j])
-            for i, j in pair_index
+            max(0.0, tree.marginal_variance(i, j) - mains[i] - mains[j]) for i, j in pair_index
         ])
         main_fractions.append(mains / tree.variance)
         pair_fractions.append(pairs / tree.variance)
@@ -314,9 +307,10 @@ class _TreeAnova:
     ``S`` of dimensions, with all others integrated out uniformly, is constant on the grid
     cells cut by the tree's split points along ``S``: ``m(cell) = sum_leaf value *
     [cell inside leaf along S] * prod_{k not in S} width_k(leaf) / range_k``.
+    Parameters are groups of columns (a one-hot categorical spans several).
     """
 
-    def __init__(self, tree: Any, bounds: np.ndarray) -> None:
+    def __init__(self, tree: Any, bounds: np.ndarray, groups: list[np.ndarray]) -> None:
         feature, threshold = np.asarray(tree.feature), np.asarray(tree.threshold)
         left, right = np.asarray(tree.children_left), np.asarray(tree.children_right)
         n_nodes, dims = tree.node_count, bounds.shape[0]
@@ -336,47 +330,43 @@ class _TreeAnova:
 
         leaves = feature < 0
         span = bounds[:, 1] - bounds[:, 0]
-        self._lower, self._upper = lower[leaves], upper[leaves]
-        self._fraction = (self._upper - self._lower) / span  # leaf width per dim, in [0, 1]
+        lower, upper = lower[leaves], upper[leaves]
+        fraction = (upper - lower) / span  # leaf width per dim, relative to the range
         self._value = np.asarray(tree.value)[leaves, 0, 0].astype(float)
-        self._bounds, self._span = bounds, span
-        self._splits = [np.unique(threshold[feature == d]) for d in range(dims)]
 
-        volume = np.prod(self._fraction, axis=1)
+        volume = np.prod(fraction, axis=1)
         mean = float(volume @ self._value)
         self.variance = float(volume @ (self._value - mean) ** 2)
 
-    def _cells(self, column: int) -> tuple[np.ndarray, np.ndarray]:
-        """Leaf-by-cell membership along one dimension, and the cells' relative sizes."""
-        edges = np.concatenate(([self._bounds[column, 0]], self._splits[column],
-                                [self._bounds[column, 1]]))
-        mids = 0.5 * (edges[1:] + edges[:-1])
-        inside = (self._lower[:, column, None] <= mids) & (mids < self._upper[:, column, None])
-        return inside.astype(float), np.diff(edges) / self._span[column]
-
-    def marginal_variance(self, groups: list[np.ndarray]) -> float:
-        """Variance of the marginal over the union of column groups (one group per parameter)."""
-        dims = np.concatenate(groups)
-        rest = np.ones(self._fraction.shape[1], dtype=bool)
-        rest[dims] = False
-        weight = self._value * np.prod(self._fraction[:, rest], axis=1)
-
-        # One membership matrix per parameter (one-hot categoricals span several columns).
-        blocks = []
+        # Per parameter, once: leaf-by-cell membership, cell sizes, and the leaf's width
+        # along the parameter's columns (to divide out of the leaf's volume).
+        self._volume = volume
+        self._member: list[np.ndarray] = []
+        self._size: list[np.ndarray] = []
+        self._width: list[np.ndarray] = []
         for group in groups:
-            member, size = self._cells(int(group[0]))
-            for column in group[1:]:
-                m2, s2 = self._cells(int(column))
-                member = (member[:, :, None] * m2[:, None, :]).reshape(len(member), -1)
-                size = np.outer(size, s2).ravel()
-            blocks.append((member, size))
+            member = np.ones((len(volume), 1))
+            size = np.ones(1)
+            for column in group:
+                splits = np.unique(threshold[feature == column])
+                edges = np.concatenate(([bounds[column, 0]], splits, [bounds[column, 1]]))
+                mids = 0.5 * (edges[1:] + edges[:-1])
+                inside = (lower[:, column, None] <= mids) & (mids < upper[:, column, None])
+                member = (member[:, :, None] * inside[:, None, :]).reshape(len(volume), -1)
+                size = np.outer(size, np.diff(edges) / span[column]).ravel()
+            self._member.append(member)
+            self._size.append(size)
+            self._width.append(np.prod(fraction[:, group], axis=1))
 
-        if len(blocks) == 1:
-            member, size = blocks[0]
-            marginal = weight @ member
+    def marginal_variance(self, i: int, j: int | None = None) -> float:
+        """Variance of the marginal over parameter ``i`` (and ``j``), the rest integrated out."""
+        if j is None:
+            weight = self._value * self._volume / self._width[i]
+            marginal = weight @ self._member[i]
+            size = self._size[i]
         else:
-            (m1, s1), (m2, s2) = blocks
-            marginal = ((m1 * weight[:, None]).T @ m2).ravel()
-            size = np.outer(s1, s2).ravel()
+            weight = self._value * self._volume / (self._width[i] * self._width[j])
+            marginal = ((self._member[i] * weight[:, None]).T @ self._member[j]).ravel()
+            size = np.outer(self._size[i], self._size[j]).ravel()
         mean = float(size @ marginal)
         return float(size @ (marginal - mean) ** 2)

@@ -54,7 +54,7 @@ class Run:
     config_id: str
     budget: float
     loss: float | None  # None when the run failed
-    status: str  # the trainer's status ("ok", "diverged", ...) or "failed"/"exception"
+    status: str  # the trainer's status ("ok", "diverged", ...) or "failed"
     message: str | None
     submitted: float | None
     started: float | None
@@ -286,8 +286,9 @@ def _make_run(
     # The trainer's own status wins; otherwise the shape of the line decides.
     status = info.get("status") if isinstance(info.get("status"), str) else None
     if exception:
+        # hpbandster logs a crashed job's traceback here; nas-bohb logs "status: reason".
         loss = None
-        status = "exception"
+        status = "failed"
         message = str(exception).strip().splitlines()[-1] if str(exception).strip() else None
     elif result is None:
         status = status or "failed"

@@ -194,7 +194,7 @@ def concurrency(series: trajectory.Concurrency, path: Path) -> Path:
     return _save(fig, path)
 
 
-def learning_curves(search: load.Search, incumbent_id: str | None, path: Path) -> Path | None:
+def learning_curves(search: load.Search, incumbent: load.Run | None, path: Path) -> Path | None:
     """Validation error against training seconds for every run with a learning curve."""
     colors = _budget_colors(search.budgets)
     fig = _figure()
@@ -207,7 +207,7 @@ def learning_curves(search: load.Search, incumbent_id: str | None, path: Path) -
                   if isinstance(x, (int, float)) and isinstance(y, (int, float))]
         if not points:
             continue
-        best = run.config_id == incumbent_id and run.budget == search.budgets[-1]
+        best = run is incumbent
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="." if len(xs) < 20 else None, color="black" if best
                 else colors[run.budget], linewidth=2.2 if best else 0.9, alpha=1 if best else 0.6,
@@ -217,8 +217,8 @@ def learning_curves(search: load.Search, incumbent_id: str | None, path: Path) -
         return None
     for budget in search.budgets:
         ax.plot([], [], color=colors[budget], label=f"budget {correlation.fmt_budget(budget)}")
-    if incumbent_id:
-        ax.plot([], [], color="black", linewidth=2.2, label=f"incumbent {incumbent_id}")
+    if incumbent is not None:
+        ax.plot([], [], color="black", linewidth=2.2, label=f"incumbent {incumbent.config_id}")
     if search.budgets[-1] / search.budgets[0] >= 10:
         ax.set_xscale("log")
     ax.set_xlabel("measured training time (s)")

@@ -147,7 +147,7 @@ def analyze(
 
     best = trajectory.best_run(search, notes)
     curves = guarded("learning curves", lambda: plots.learning_curves(
-        search, best.config_id if best else None, out_dir / "learning_curves.png"))
+        search, best, out_dir / "learning_curves.png"))
     if curves is None and search.runs:
         notes.append("No run carries a learning curve (info.learning_curve); "
                      "the learning-curve plot is left out.")

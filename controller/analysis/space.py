@@ -128,7 +128,8 @@ def _from_contract() -> dict[str, ParamSpace]:
 def _from_spec(doc: Mapping[str, Any]) -> tuple[dict[str, ParamSpace], set[str]]:
     body = doc.get("spec", doc)
     space = body["searchSpace"]
-    params = _from_contract() if space.get("preset") == "paper" else {}
+    # As in the spec itself, no preset means the paper's space.
+    params = _from_contract() if space.get("preset", "paper") == "paper" else {}
     constants: set[str] = set()
     for entry in space.get("parameters") or []:
         name = entry["name"]

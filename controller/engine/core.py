@@ -38,13 +38,12 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import __version__
 from controller import space as space_mod
 from controller.engine import schedule
 from controller.engine.ledger import Ledger, LedgerError
-from controller.engine.model import BohbModel, Proposal
 from controller.engine.sampler import InlineSampler, PrefetchSampler, Sampler
 from controller.engine.types import (
     BracketProgress,
@@ -58,6 +57,9 @@ from controller.engine.types import (
     TrialResult,
 )
 from controller.spec import SearchSpec
+
+if TYPE_CHECKING:
+    from controller.engine.model import BohbModel, Proposal
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +157,12 @@ class Engine:
         self._finish_counter = 0
         self._sessions: list[tuple[float, float]] = []  # (start, last event) per session
         self._finished_logged = False
-        self._model: BohbModel | None = (
-            BohbModel(self.space, spec.bohb, spec.seed) if model else None
-        )
+        self._model: BohbModel | None = None
+        if model:
+            # hpbandster pulls in statsmodels: imported only when a model is wanted.
+            from controller.engine.model import BohbModel
+
+            self._model = BohbModel(self.space, spec.bohb, spec.seed)
         self._sampler: Sampler | None = None
         for baseline in spec.baselines:
             self._add_baseline(baseline.name, space_mod.check_baseline(
@@ -217,13 +222,13 @@ class Engine:
                 return
             self._append({"event": "finished", "trial_id": trial_id,
                           "outcome": outcome.to_dict()})
-            self._apply_finished(trial, outcome, live=True)
             if outcome.ok:
                 logger.info("Trial %s at %s finished: validation error %.4f.", trial_id,
                             _seconds(trial.budget), outcome.loss)
             else:
                 logger.info("Trial %s at %s failed (%s): %s", trial_id, _seconds(trial.budget),
                             outcome.status, outcome.message or "no message")
+            self._apply_finished(trial, outcome, live=True)
             self._check_finished()
 
     def release(self, trial_id: str, reason: str, *, counts: bool = True) -> None:

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ConfigSpace.read_and_write import json as cs_json
 
 from controller.engine.core import Engine
 
@@ -41,5 +40,5 @@ def write_files(engine: Engine, directory: str | os.PathLike[str]) -> None:
     space_file = folder / "configspace.json"
     if not space_file.exists():
         tmp = folder / ".configspace.json.tmp"
-        tmp.write_text(cs_json.write(engine.space.configspace), encoding="utf-8")
+        engine.space.configspace.to_json(tmp)
         os.replace(tmp, space_file)

@@ -23,10 +23,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from controller.engine.model import BohbModel, Proposal
 from controller.space import Value
+
+if TYPE_CHECKING:
+    from controller.engine.model import BohbModel, Proposal
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,19 @@ class SamplerStats:
 
     proposals: int = 0
     proposal_seconds: float = 0.0
+    model_proposals: int = 0
+    model_proposal_seconds: float = 0.0
     observations: int = 0
     observe_seconds: float = 0.0
     empty_takes: int = 0
     stale_takes: int = 0
+
+    def proposed(self, proposal: Proposal, seconds: float) -> None:
+        self.proposals += 1
+        self.proposal_seconds += seconds
+        if proposal.model_based:
+            self.model_proposals += 1
+            self.model_proposal_seconds += seconds
 
 
 class InlineSampler:
@@ -65,8 +76,7 @@ class InlineSampler:
     def take(self) -> Proposal | None:
         started = time.perf_counter()
         proposal = self.model.propose()
-        self.stats.proposals += 1
-        self.stats.proposal_seconds += time.perf_counter() - started
+        self.stats.proposed(proposal, time.perf_counter() - started)
         return proposal
 
     def observe(self, values: Mapping[str, Value], budget: float, loss: float) -> None:
@@ -192,8 +202,7 @@ class PrefetchSampler:
             version = self._version
         started = time.perf_counter()
         proposal = self.model.propose()
-        self.stats.proposals += 1
-        self.stats.proposal_seconds += time.perf_counter() - started
+        self.stats.proposed(proposal, time.perf_counter() - started)
         with self._cond:
             if len(self._buffer) >= self._target:
                 # Replace the stalest proposal rather than growing the buffer.

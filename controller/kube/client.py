@@ -82,11 +82,11 @@ def load_credentials(context: str | None = None) -> Credentials:
         ssl_context = False
 
     def headers() -> dict[str, str]:
-        token = cfg.get_api_key_with_prefix("authorization")
+        token: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             return {"Authorization": token}
         if cfg.username and cfg.password:
-            return {"Authorization": cfg.get_basic_auth_token()}
+            return {"Authorization": str(cfg.get_basic_auth_token())}
         return {}
 
     return Credentials(host=cfg.host.rstrip("/"), ssl_context=ssl_context, headers_hook=headers)
@@ -115,7 +115,7 @@ class KubeClient:
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
-        #: Requests sent, by ``"VERB resource"`` (``"POST jobs"``, ``"PATCH jointsearches/status"``).
+        #: Requests sent by ``"VERB resource"``: ``"POST jobs"``, ``"PATCH jointsearches/status"``.
         self.calls: collections.Counter[str] = collections.Counter()
 
     @classmethod

@@ -57,6 +57,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.batching.batch_window = 0.05
+    # Namespaces are exact names (no globs): never list or watch Namespace objects.
+    settings.scanning.disabled = True
     STATE.client = KubeClient.from_environment()
     if STATE.metrics_port:
         try:

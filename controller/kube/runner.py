@@ -46,8 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import spec as spec_mod
-from controller.engine import Condition, Engine, LedgerError, TrialOutcome, TrialRequest
-from controller.engine import schedule
+from controller.engine import Condition, Engine, LedgerError, TrialOutcome, TrialRequest, schedule
 from controller.kube import (
     API_VERSION,
     KIND,
@@ -225,7 +224,7 @@ class SearchRunner:
                 level = logging.INFO if error.transient else logging.WARNING
                 logger.log(level, "Search %s: API request failed (%s); retrying in %.0f s.",
                            self.key, error, backoff)
-            except Exception as error:  # noqa: BLE001 - one search must not stop the operator.
+            except Exception as error:
                 logger.exception("Search %s: reconcile pass failed; retrying in %.0f s.",
                                  self.key, backoff)
                 self._warn_once("reconcile", "ReconcileError", f"reconcile failed: {error}")
@@ -327,14 +326,19 @@ class SearchRunner:
 
         await self._ensure_trainer_access(body)
         await self._relist_jobs()
-        self._rebuild_view(engine)
         for request in engine.unfinished():
             name = tpl.job_name(self.name, request.trial_id, request.attempt)
-            flight = _InFlight(request, name, created=name in self.jobs)
-            if not flight.created:
-                logger.info("Search %s: trial %s has no Job after a restart; creating %s.",
-                            self.key, request.trial_id, name)
-            self.inflight[request.trial_id] = flight
+            if name in self.jobs:
+                self.inflight[request.trial_id] = _InFlight(request, name, created=True)
+                continue
+            # Never created (a crash right after the ledger write) or deleted while no
+            # operator watched: either way this attempt is lost. Running it again under
+            # the same attempt could run it twice, so the engine issues a new attempt.
+            reason = f"its Job {name} was missing when the operator started"
+            engine.release(request.trial_id, reason)
+            self._queue_event("Warning", "TrialRetrying", f"trial {request.trial_id} attempt "
+                              f"{request.attempt}: {reason}; it will run again")
+        self._rebuild_view(engine)
         free = max(self._parallel - len(self.inflight), 0)
         self._triggers.extend([self.clock()] * free)
         self._start_metrics(engine)
@@ -361,7 +365,7 @@ class SearchRunner:
         self._invalid_generation = generation
         self.terminal = True
         status = self.body.get("status") or {}
-        desired = {
+        desired: dict[str, Any] = {
             "phase": st.FAILED,
             "reason": "InvalidSpec",
             "message": message,
@@ -504,8 +508,7 @@ class SearchRunner:
                 self._read_result(trial_id, entry["result"], flight, out)
             if "progress" in entry and entry["progress"] is not None:
                 if flight is None:
-                    out.trial_patches.setdefault(trial_id, {})
-                    continue
+                    continue  # An ended trial: the view removes its progress.
                 progress = st.parse_progress(entry["progress"])
                 if isinstance(progress, st.ReportProblem):
                     self._warn_once(f"{trial_id}/progress", progress.reason,
@@ -568,16 +571,16 @@ class SearchRunner:
             self.body = fresh
         self._read_reports(fresh.get("status") or {}, out)
         for trial_id, state in ended:
-            flight = self.inflight.get(trial_id)
-            if flight is None:
+            still = self.inflight.get(trial_id)
+            if still is None:
                 continue  # Its result was in the fresh status.
             if state == "missing":
-                await self._confirm_missing(trial_id, flight, out)
+                await self._confirm_missing(trial_id, still, out)
             elif state == "complete":
                 self._finish(trial_id, TrialOutcome.failure(
                     "crashed", "the trainer exited 0 but never reported a result"), out)
             else:
-                await self._classify_failure(trial_id, flight, out)
+                await self._classify_failure(trial_id, still, out)
 
     async def _confirm_missing(self, trial_id: str, flight: _InFlight, out: _Outbox) -> None:
         job = await self.client.get_or_none(self._job_path(flight.job_name))
@@ -621,7 +624,7 @@ class SearchRunner:
         entry = self._finished_entry(trial_id, request.config_id, request.budget,
                                      request.attempt, outcome)
         self.view[trial_id] = entry
-        out.trial_patches.setdefault(trial_id, {}).update(progress=None, result=None)
+        _drop(out, trial_id, "progress", "result")
         if not self._keep_jobs():
             out.delete.add(flight.job_name)
         self._push_trigger(trigger)
@@ -661,7 +664,7 @@ class SearchRunner:
                                    "message": _short(reason), "job": None}
             out.events.append(("Warning", "TrialRetrying", f"trial {trial_id} attempt "
                                f"{request.attempt} lost ({_short(reason)}); it will run again"))
-        out.trial_patches.setdefault(trial_id, {}).update(progress=None, result=None)
+        _drop(out, trial_id, "progress", "result")
 
     def _finished_entry(self, trial_id: str, config_id: str | None, budget: float,
                         attempt: int, outcome: TrialOutcome) -> dict[str, Any]:
@@ -846,7 +849,7 @@ class SearchRunner:
         current = {f.job_name for f in self.inflight.values()}
         keep = self._keep_jobs()
         for name, job in self.jobs.items():
-            if name in current:
+            if name in current or name in out.delete:
                 continue
             labels = (job.get("metadata") or {}).get("labels") or {}
             trial_id = labels.get(LABEL_TRIAL, "")
@@ -863,8 +866,9 @@ class SearchRunner:
     def _desired_status(self, out: _Outbox) -> dict[str, Any]:
         assert self.engine is not None and self.search is not None and self.ledger is not None
         observed = self.body.get("status") or {}
-        observed_trials = observed.get("trials") if isinstance(observed.get("trials"),
-                                                               Mapping) else {}
+        observed_trials = observed.get("trials")
+        if not isinstance(observed_trials, Mapping):
+            observed_trials = {}
         trials: dict[str, Any] = {}
         for trial_id, entry in self.view.items():
             want = dict(entry)
@@ -877,8 +881,10 @@ class SearchRunner:
         for trial_id, patch in out.trial_patches.items():
             if patch is None:
                 trials[trial_id] = None
+            elif trials.get(trial_id) is not None:
+                trials[trial_id].update(patch)
             else:
-                trials.setdefault(trial_id, {}).update(patch)
+                trials[trial_id] = dict(patch)
         for trial_id in observed_trials:
             if trial_id not in self.view:
                 trials[trial_id] = None
@@ -1071,10 +1077,11 @@ class SearchRunner:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _drop(out: _Outbox, trial_id: str, key: str) -> None:
+def _drop(out: _Outbox, trial_id: str, *keys: str) -> None:
+    """Plan the removal of trainer-written keys from a trial's status entry."""
     patch = out.trial_patches.setdefault(trial_id, {})
     if patch is not None:
-        patch[key] = None
+        patch.update(dict.fromkeys(keys))
 
 
 def _owned_by(meta: Mapping[str, Any], uid: str) -> bool:

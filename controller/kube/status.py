@@ -125,7 +125,7 @@ def _is_number(value: Any) -> bool:
         value)
 
 
-def _attempt_of(raw: Mapping[str, Any], where: str) -> int | None | ReportProblem:
+def _attempt_of(raw: Mapping[str, Any], where: str) -> int | ReportProblem | None:
     attempt = raw.get("attempt")
     if attempt is None:
         return None
@@ -167,8 +167,10 @@ def parse_result(raw: Any) -> ReportedResult | ReportProblem:
         return attempt
     record = json_safe(dict(raw))
     reported = raw.get("reported_at")
+    stamp = float(reported) if isinstance(reported, (int, float)) and _is_number(
+        reported) else None
     return ReportedResult(record=record, attempt=attempt, fingerprint=fingerprint(record),
-                          reported_at=float(reported) if _is_number(reported) else None)
+                          reported_at=stamp)
 
 
 @dataclass(frozen=True)

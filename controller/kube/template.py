@@ -311,7 +311,7 @@ class TrialJob:
 
 
 def active_deadline(budget: float, trainer: spec_mod.TrainerSpec) -> int:
-    return int(math.ceil(budget * trainer.overrun_factor + trainer.startup_allowance_seconds))
+    return math.ceil(budget * trainer.overrun_factor + trainer.startup_allowance_seconds)
 
 
 def trainer_args(trial: TrialJob, search: spec_mod.SearchSpec, template: TrialTemplate,

@@ -228,10 +228,10 @@ class LocalExecutor:
                 self.engine.release(request.trial_id, f"could not start: {exc}")
                 self.stop(f"trials cannot be started: {exc}")
                 return
-            self._occupy(request, handle)
+            self._occupy(request, handle, slot)
 
-    def _occupy(self, request: TrialRequest, handle: Any) -> None:
-        slot: Slot = getattr(handle, "slot", self.slots[0])
+    def _occupy(self, request: TrialRequest, handle: Any, slot: Slot | None = None) -> None:
+        slot = slot or getattr(handle, "slot", None) or self.slots[0]
         index = slot.index
         if index in self._busy:  # A re-attached trial whose slot is taken: any free one.
             index = next((s.index for s in self.slots if s.index not in self._busy), index)

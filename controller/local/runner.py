@@ -159,6 +159,22 @@ def _alive(pid: int, marker: str) -> bool:
     return True
 
 
+def _find(marker: str) -> int | None:
+    """A live process whose command line contains ``marker`` (Linux ``/proc``), if any."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace") and \
+                        _alive(int(entry.name), marker):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
 class SubprocessRunner:
     """Starts trainers as subprocesses and reports each one's :class:`Verdict`."""
 
@@ -236,11 +252,19 @@ class SubprocessRunner:
         if record is not None:
             return Verdict(request.trial_id, request.attempt, TrialOutcome.from_record(record))
         info = _read_record(folder / "process.json")
+        marker = str(folder / "result.json")
         if info is None or info.get("attempt") != request.attempt:
-            return Verdict(request.trial_id, request.attempt, release_reason=(
-                "the controller stopped before the trainer started"), counts=False)
+            # The controller died between starting the trainer and noting its pid, or before
+            # starting it at all: look for the trainer by its command line.
+            pid = _find(marker)
+            if pid is None:
+                return Verdict(request.trial_id, request.attempt, release_reason=(
+                    "the controller stopped before the trainer started"), counts=False)
+            now = time.time()
+            info = {"pid": pid, "slot": 0, "started_at": now,
+                    "deadline": now + self.timeout(request.budget)}
         pid = int(info["pid"])
-        if not _alive(pid, str(folder / "result.json")):
+        if not _alive(pid, marker):
             # It may have written its record between the two checks above.
             record = _read_record(folder / "result.json")
             if record is not None:

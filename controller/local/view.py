@@ -75,6 +75,7 @@ class LiveView:
         self._drawn = 0
         self._block: list[str] = []
         self._last_plain = ""
+        self._last_plain_time = 0.0
         self._lock = threading.RLock()
 
     def _clear(self) -> None:
@@ -105,13 +106,14 @@ class LiveView:
                 self._block = block
                 self._draw()
             return
-        line = (f"progress: {progress.trials_finished} trials finished "
-                f"({progress.trials_failed} failed), {len(progress.running)} running, "
-                f"{progress.iterations_done} iterations done; best "
-                + incumbent_line(progress.incumbent))
-        if line != self._last_plain:
-            self._last_plain = line
-            self.write_log(line)
+        # Without a terminal: a line when the best or the iteration count changes, and at
+        # most every minute otherwise, so logs stay readable.
+        key = f"{progress.iterations_done} {incumbent_line(progress.incumbent)}"
+        now = time.monotonic()
+        if key != self._last_plain or now - self._last_plain_time >= 60:
+            self._last_plain, self._last_plain_time = key, now
+            self.write_log(headline(self.name, progress) + "; best "
+                           + incumbent_line(progress.incumbent))
 
     def close(self) -> None:
         with self._lock:

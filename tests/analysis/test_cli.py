@@ -113,3 +113,20 @@ def test_an_exporter_failure_is_reported_as_an_error(
 def test_forest_seeds_must_be_a_positive_integer(value: str) -> None:
     with pytest.raises(SystemExit):
         _parse("analyze", "x", "--forest-seeds", value)
+
+
+def test_an_unexpected_failure_exits_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.analysis import report
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(report, "analyze", broken)
+    folder = factories.synthetic_search(tmp_path / "run", n=3, budgets=(10.0,))
+    args = _parse("analyze", str(folder))
+
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert "unexpected RuntimeError: simulated bug" in err and "Traceback" not in err

@@ -57,7 +57,7 @@ class TestHpbandsterCompatibility:
         assert [s.loss for s in ours] == theirs["losses"]
         assert [s.time for s in ours] == pytest.approx(theirs["times_finished"])
         crashed = next(r for r in search.runs if r.config_id == "0-0-2")
-        assert crashed.loss is None and crashed.status == "exception"
+        assert crashed.loss is None and crashed.status == "failed"
         assert crashed.message == "RuntimeError: boom"
         assert search.configs["1-0-0"].model_based is True
         assert search.notes == []

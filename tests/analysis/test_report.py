@@ -135,6 +135,20 @@ class TestPartialInput:
         assert any("no finished run" in n for n in result.notes)
         assert "no finished run" in (tmp_path / "out" / "report.md").read_text()
 
+    def test_a_search_where_every_run_failed_still_writes_a_report(
+        self, tmp_path: Path
+    ) -> None:
+        folder = factories.synthetic_search(tmp_path / "run", n=6, loss=lambda c, b, r: None)
+
+        result = report.analyze(folder, tmp_path / "out", seeds=SEEDS)
+
+        summary = _strict_json(tmp_path / "out" / "summary.json")
+        assert summary["counts"]["failed_runs"] == summary["counts"]["runs"] == 18
+        assert all(p["rho"] is None for p in summary["budget_correlation"]["pairs"])
+        assert summary["comparison"] == []
+        assert any("importance skipped, only 0" in n for n in result.notes)
+        assert (tmp_path / "out" / "losses_over_time.png").is_file()
+
     def test_a_budget_with_one_result_is_reported_with_notes(self, tmp_path: Path) -> None:
         folder = factories.synthetic_search(tmp_path / "run", n=9, promote=9)
 

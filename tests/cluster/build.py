@@ -125,7 +125,8 @@ def ensure_binaries(version: str = KUBERNETES_VERSION) -> Binaries:
         # Another process may have finished the same build while this one waited.
         found = cached_binaries(version)
         if found is not None:
-            logger.info("Kubernetes %s binaries were built meanwhile in %s.", version, found.directory)
+            logger.info("Kubernetes %s binaries were built meanwhile in %s.", version,
+                        found.directory)
             return found
         _remove_stale_work_dirs(root, version)
         return _build(version, root)
@@ -157,7 +158,8 @@ def ensure_packages(packages: Sequence[str]) -> None:
 
 def _build(version: str, root: Path) -> Binaries:
     started = time.monotonic()
-    logger.info("Building Kubernetes %s control-plane binaries (cold build, ~7 min on 2 cores).", version)
+    logger.info("Building Kubernetes %s control-plane binaries (cold build, ~7 min on 2 cores).",
+                version)
     ensure_packages(BUILD_PACKAGES + RUNTIME_PACKAGES)
     work = Path(tempfile.mkdtemp(prefix=f".build-{version}-", dir=root))
     succeeded = False
@@ -198,14 +200,16 @@ def _build(version: str, root: Path) -> Binaries:
             shutil.rmtree(target)
         os.rename(output, target)
         succeeded = True
-        logger.info("Kubernetes %s binaries built in %.0f s and cached in %s.", version, seconds, target)
+        logger.info("Kubernetes %s binaries built in %.0f s and cached in %s.", version, seconds,
+                    target)
         return Binaries(version, target)
     finally:
         if succeeded or not os.environ.get("NAS_BOHB_CLUSTER_KEEP_WORK"):
             logger.info("Removing the build work tree %s.", work)
             shutil.rmtree(work, ignore_errors=True)
         else:
-            logger.info("Keeping the failed build's work tree %s (NAS_BOHB_CLUSTER_KEEP_WORK).", work)
+            logger.info("Keeping the failed build's work tree %s (NAS_BOHB_CLUSTER_KEEP_WORK).",
+                        work)
 
 
 def _download_source(work: Path) -> tuple[str, Path]:
@@ -236,7 +240,7 @@ def _download_source(work: Path) -> tuple[str, Path]:
                 if not path.name.endswith(".asc")]
     if len(tarballs) != 1:
         names = sorted(path.name for path in download.iterdir())
-        raise ClusterBuildError(f"expected one kubernetes_*.orig.tar.* in the download, got {names}")
+        raise ClusterBuildError(f"expected one kubernetes_*.orig.tar.* download, got {names}")
     dscs = list(download.glob("kubernetes_*.dsc"))
     source_version = dscs[0].name[len("kubernetes_"):-len(".dsc")] if dscs else ""
     if not source_version:

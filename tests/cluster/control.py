@@ -17,12 +17,13 @@ Layout of a state folder::
     pki/           ca.crt, apiserver.crt/key, sa.key/pub, tokens.csv
     logs/          one log per component and simulated node
     pids/          one pid file per process: "PID START_TICKS"
-    nodes/         work folders of simulated nodes (pod logs, credentials)
+    nodes/         work folders of simulated nodes started by ``up`` (pod logs)
 
 .. note::
    Debian's etcd 3.4 has no ``--unsafe-no-fsync``; etcd's data therefore lives on
-   ``/dev/shm`` when it exists (fsync is free on tmpfs) and is deleted by
-   :func:`stop_cluster`. Ports are chosen free at start; a port taken between the check and
+   ``/dev/shm`` when it exists (fsync is free on tmpfs; ~120 MB of memory, mostly the
+   preallocated WAL) and is deleted by :func:`stop_cluster`, or by the next start when a
+   killed session could not. Ports are chosen free at start; a port taken between the check and
    the bind makes the start retry with new ones.
 """
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -61,6 +63,7 @@ _CONTROLLERS = (
 )
 _SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _CONTEXT = "nas-bohb-local"
+_SHM_PREFIX = "nas-bohb-etcd-"
 # Children started by this process, kept so that stopping them also reaps them.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -187,13 +190,15 @@ def _start_once(
 
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     peer_url = f"http://127.0.0.1:{peer_port}"
-    spawn("etcd", [
-        etcd, "--name=nas-bohb", f"--data-dir={etcd_data}",
+    etcd_pid = spawn("etcd", [
+        etcd, "--name=nas-bohb", f"--data-dir={etcd_data / 'data'}",
         f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
         f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
         f"--initial-cluster=nas-bohb={peer_url}", "--log-level=warn", "--logger=zap",
         *(["--unsafe-no-fsync=true"] if _etcd_has_unsafe_no_fsync(etcd) else []),
     ])
+    # Lets a later start remove this folder if etcd dies without a `down` (a killed session).
+    (etcd_data / "owner").write_text(f"{etcd_pid} {_start_ticks(etcd_pid)}\n")
     _wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), deadline, state_dir)
 
     spawn("kube-apiserver", [
@@ -238,8 +243,9 @@ def _start_once(
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
     for name, port in (("kube-controller-manager", cm_port), ("kube-scheduler", sched_port)):
-        url = f"https://127.0.0.1:{port}/healthz"
-        _wait_for(name, lambda url=url: _http_ok(url, context=insecure), deadline, state_dir)
+        healthz = functools.partial(_http_ok, f"https://127.0.0.1:{port}/healthz",
+                                    context=insecure)
+        _wait_for(name, healthz, deadline, state_dir)
 
     # Pods cannot be created in a namespace before its default service account exists.
     sa_url = f"{info.apiserver_url}/api/v1/namespaces/default/serviceaccounts/default"
@@ -491,12 +497,49 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _etcd_data_dir(state_dir: Path) -> Path:
+    """A fresh folder for etcd (its data in ``data/``), in memory when possible."""
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
-        return Path(tempfile.mkdtemp(prefix="nas-bohb-etcd-", dir=shm))
-    data = state_dir / "etcd-data"
-    shutil.rmtree(data, ignore_errors=True)
-    return data
+        _remove_orphaned_etcd_dirs(shm)
+        return Path(tempfile.mkdtemp(prefix=_SHM_PREFIX, dir=shm))
+    folder = state_dir / "etcd"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return folder
+
+
+def _remove_orphaned_etcd_dirs(shm: Path) -> None:
+    # A session killed hard leaves its etcd folder (>100 MB of memory) behind: remove the
+    # folders whose etcd no longer runs (or that never got an owner within a minute).
+    folders = list(shm.glob(f"{_SHM_PREFIX}*"))
+    if not folders:
+        return
+    in_use = _command_lines()
+    for folder in folders:
+        pid, ticks = _read_pid_file(folder / "owner")
+        if pid is not None and _alive(pid, ticks):
+            continue
+        # Without a live owner, any process naming the folder (an etcd of another
+        # version of this harness) still keeps it.
+        if any(str(folder) in line for line in in_use):
+            continue
+        try:
+            if time.time() - folder.stat().st_mtime < 60:
+                continue
+        except OSError:
+            continue
+        logger.info("Removing the orphaned etcd folder %s.", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"))
+    return lines
 
 
 def _etcd_has_unsafe_no_fsync(etcd: str) -> bool:

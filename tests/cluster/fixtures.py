@@ -120,6 +120,12 @@ class KubeCluster:
             path = node.log_path(namespace, name)
             if path is not None:
                 return path
+        # A given cluster made by `python -m tests.cluster up` keeps its nodes' work folders
+        # beside its kubeconfig.
+        for work_dir in sorted((self.kubeconfig.parent / "nodes").glob("*")):
+            path = simnode.find_pod_log(work_dir, namespace, name)
+            if path is not None:
+                return path
         return None
 
     def close(self) -> None:
@@ -132,11 +138,11 @@ def _external_cluster() -> KubeCluster:
     path = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0]).expanduser()
     config = yaml.safe_load(path.read_text()) or {}
     current = config.get("current-context")
-    context = next((item["context"] for item in config.get("contexts") or []
+    context: dict[str, Any] = next((item["context"] for item in config.get("contexts") or []
                     if item.get("name") == current), {})
-    cluster = next((item["cluster"] for item in config.get("clusters") or []
+    cluster: dict[str, Any] = next((item["cluster"] for item in config.get("clusters") or []
                     if item.get("name") == context.get("cluster")), {})
-    user = next((item["user"] for item in config.get("users") or []
+    user: dict[str, Any] = next((item["user"] for item in config.get("users") or []
                  if item.get("name") == context.get("user")), {})
     server = str(cluster.get("server", ""))
     port = urllib.parse.urlsplit(server).port or 443

@@ -173,8 +173,15 @@ class KubeApi:
         if on_open is not None:
             on_open(raw)
         buffer = b""
+        chunks = raw.stream(65536, decode_content=True)
         try:
-            for chunk in raw.stream(65536, decode_content=True):
+            while True:
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                except Exception as error:  # a broken stream, as urllib3 reports it
+                    raise KubeApiError(0, f"watch stream broke: {error}") from error
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
@@ -251,6 +258,8 @@ class NodeStats:
     succeeded: int = 0
     failed: int = 0
     killed: int = 0
+    #: Full lists of the node's pods: one at start, one after each expired watch.
+    lists: int = 0
 
 
 @dataclasses.dataclass
@@ -371,6 +380,7 @@ class SimNode:
         self.max_grace_seconds = max_grace_seconds
         self.die_with_parent = die_with_parent
         self.stats = NodeStats()
+        self._stats_lock = threading.Lock()
         self._lane_count = lanes
         self._runs: dict[str, _PodRun] = {}
         self._runs_lock = threading.Lock()
@@ -380,6 +390,8 @@ class SimNode:
         self._threads: list[threading.Thread] = []
         self._lanes: _Lanes | None = None
         self._watch_response: Any = None
+        # Resource version the pod watch resumes from; None: list (and reconcile) first.
+        self._watch_version: str | None = None
         self._node_uid = ""
         self._service_port = urllib.parse.urlsplit(api.host).port or 443
 
@@ -532,25 +544,28 @@ class SimNode:
 
     def _watch_loop(self) -> None:
         selector = {"fieldSelector": f"spec.nodeName={self.name}"}
-        version: str | None = None
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                if version is None:
+                if self._watch_version is None:
                     listing = self.api.get("/api/v1/pods", selector)
-                    version = listing["metadata"]["resourceVersion"]
+                    self._watch_version = listing["metadata"]["resourceVersion"]
+                    self._count("lists")
                     self._events.put(("sync", listing.get("items") or []))
-                query = {**selector, "resourceVersion": version, "allowWatchBookmarks": "true",
-                         "timeoutSeconds": "300"}
+                query = {**selector, "resourceVersion": self._watch_version,
+                         "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
                 for event in self.api.watch("/api/v1/pods", query, on_open=self._watching):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
                             # The resource version expired: list again and reconcile.
-                            version = None
+                            logger.info("Simulated node %s: watch expired; listing again.",
+                                        self.name)
+                            self._watch_version = None
                             break
                         raise KubeApiError(int(obj.get("code") or 0), str(obj.get("message")))
-                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    self._watch_version = obj.get("metadata", {}).get(
+                        "resourceVersion", self._watch_version)
                     if kind != "BOOKMARK":
                         self._events.put(("pod", kind, obj))
                 backoff = 0.5
@@ -558,7 +573,7 @@ class SimNode:
                 if self._stop.is_set():
                     return
                 if isinstance(error, KubeApiError) and error.status == 410:
-                    version = None
+                    self._watch_version = None
                 logger.warning("Simulated node %s: pod watch failed (%s); resuming.", self.name,
                                error)
                 self._stop.wait(backoff)
@@ -637,6 +652,10 @@ class SimNode:
         if deleting:
             self._submit(run, self._on_delete, run, False)
 
+    def _count(self, field: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+
     def _run(self, uid: str) -> _PodRun | None:
         with self._runs_lock:
             return self._runs.get(uid)
@@ -658,15 +677,18 @@ class SimNode:
             return
         run.started_at = _now()
         run.started = time.monotonic()
-        self.stats.started += 1
+        self._count("started")
         if self.mode == "exec":
             try:
                 run.process = self._spawn(run)
-            except _StartError as error:
+            except Exception as error:  # as a kubelet would: a pod that cannot start fails
+                start_error = error if isinstance(error, _StartError) else _StartError(
+                    "ContainerCannotRun", f"{type(error).__name__}: {error}")
                 logger.info("Simulated node %s: pod %s/%s could not start: %s.", self.name,
                             run.namespace, run.name, error)
                 run.state = "running"
-                self._finish(run, error.exit_code, reason=error.reason, message=str(error))
+                self._finish(run, start_error.exit_code, reason=start_error.reason,
+                             message=str(start_error))
                 return
             run.state = "running"
             process = run.process
@@ -721,7 +743,7 @@ class SimNode:
         run.deleted = True
         if run.state == "running":
             run.state = "killed"
-            self.stats.killed += 1
+            self._count("killed")
             code = 137
             if run.process is not None:
                 code = _exit_code(_kill_group(run.process, grace=self._grace(run)))
@@ -768,9 +790,9 @@ class SimNode:
     ) -> None:
         run.state = "finished"
         if code == 0:
-            self.stats.succeeded += 1
+            self._count("succeeded")
         else:
-            self.stats.failed += 1
+            self._count("failed")
         reason = reason or ("Completed" if code == 0 else "Error")
         container = _first_container(run.pod)
         if code != 0 and not message and (

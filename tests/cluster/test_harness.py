@@ -7,6 +7,7 @@ simulated. Together they take well under a minute.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def make_job(
     tolerations: list[dict[str, str]] | None = None,
     resources: dict[str, Any] | None = None,
     active_deadline: int | None = None,
+    node_selector: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": "localhost/nas-bohb:test",
                                  "command": command}
@@ -44,6 +46,8 @@ def make_job(
     spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if tolerations:
         spec["tolerations"] = tolerations
+    if node_selector:
+        spec["nodeSelector"] = node_selector
     job: dict[str, Any] = {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
         "spec": {"backoffLimit": 0,
@@ -128,9 +132,10 @@ def test_api_server_answers_with_its_version_and_readiness(kube_cluster: KubeClu
         assert version["gitVersion"] == "v1.20.2"
         assert kube_cluster.apiserver_url == f"https://127.0.0.1:{kube_cluster.apiserver_port}"
     assert readiness == b"ok"
+    assert kube_cluster.default_node is not None
     nodes = api.get("/api/v1/nodes")["items"]
-    default = next(node for node in nodes if node["metadata"]["name"] ==
-                   kube_cluster.default_node.name)  # type: ignore[union-attr]
+    default = next(node for node in nodes
+                   if node["metadata"]["name"] == kube_cluster.default_node.name)
     assert {"type": "Ready", "status": "True"}.items() <= {
         key: value for condition in default["status"]["conditions"]
         if condition["type"] == "Ready" for key, value in condition.items()}.items()
@@ -284,7 +289,8 @@ def test_gpu_requesting_pod_schedules_and_runs(
         if condition["type"] == "PodScheduled" and condition.get("reason") == "Unschedulable"],
         what="the scheduler to refuse 1000 GPUs")
 
-    assert api.get(f"{base}/one-gpu")["spec"]["nodeName"] == kube_cluster.default_node.name  # type: ignore[union-attr]
+    node = api.get(f"/api/v1/nodes/{api.get(f'{base}/one-gpu')['spec']['nodeName']}")
+    assert node["metadata"]["labels"][simnode.MODE_LABEL] == "exec"
     assert "nvidia.com/gpu" in unschedulable[0]["message"]
 
 
@@ -309,9 +315,10 @@ def test_simulated_jobs_complete_or_fail_as_annotated(
         for name, annotations in jobs.items():
             # The command does not exist here: proof that nothing is executed.
             job = make_job(name, ["/no/such/trainer"], annotations=annotations,
-                           tolerations=toleration, resources={"limits": {"nvidia.com/gpu": "1"}})
+                           tolerations=toleration, resources={"limits": {"nvidia.com/gpu": "1"}},
+                           node_selector={"kubernetes.io/hostname": node.name})
             api.post(f"/apis/batch/v1/namespaces/{kube_namespace}/jobs", job)
-        results = {name: wait_until(lambda name=name: job_condition(api, kube_namespace, name),
+        results = {name: wait_until(functools.partial(job_condition, api, kube_namespace, name),
                                     what=f"Job {name} to end") for name in jobs}
         stats = node.stats
         pods = {name: job_pods(api, kube_namespace, name)[0] for name in jobs}
@@ -343,6 +350,23 @@ def test_simulate_hook_decides_duration_and_exit_code(
 
     assert seen == ["hooked"]
     assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 7
+
+
+def test_pod_watch_resumes_after_a_broken_stream_without_listing_again(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    api = kube_cluster.kube_api()
+    path = f"/api/v1/namespaces/{kube_namespace}/pods/late"
+
+    with kube_cluster.node(mode="simulate", taints=[]) as node:
+        wait_until(lambda: node._watch_response is not None, what="the node's watch")
+        node._watch_response.shutdown()
+        api.post(f"/api/v1/namespaces/{kube_namespace}/pods",
+                 make_pod("late", ["true"], nodeName=node.name))
+        wait_until(lambda: api.get(path)["status"].get("phase") == "Succeeded",
+                   what="the pod to succeed")
+
+    assert node.stats.lists == 1
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -38,8 +38,13 @@ app.kubernetes.io/component: operator
 
 {{/* Standard labels of every object. */}}
 {{- define "nas-bohb.labels" -}}
-helm.sh/chart: {{ include "nas-bohb.chart" . }}
 {{ include "nas-bohb.selectorLabels" . }}
+{{ include "nas-bohb.commonLabels" . }}
+{{- end }}
+
+{{/* Standard labels without the component (the CRD is component "crd"). */}}
+{{- define "nas-bohb.commonLabels" -}}
+helm.sh/chart: {{ include "nas-bohb.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: nas-bohb
@@ -91,10 +96,7 @@ dataset:
   {{- end }}
 {{- end }}
 
-{{/*
-The operator's command-line arguments. PROVISIONAL until the operator's entry point lands:
-mirrored from manifests/ (tests/chart checks the default render against it).
-*/}}
+{{/* The operator's command-line arguments (python -m controller.kube --help). */}}
 {{- define "nas-bohb.operatorArgs" -}}
 {{- if .Values.watchNamespaces }}
 {{- range .Values.watchNamespaces }}
@@ -104,15 +106,9 @@ mirrored from manifests/ (tests/chart checks the default render against it).
 - --all-namespaces
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
-{{- if .Values.metrics.enabled }}
-- --metrics-port={{ .Values.metrics.port }}
+{{- if .Values.operator.verbose }}
+- --verbose
 {{- end }}
-{{- if .Values.leaderElection.enabled }}
-- --peering={{ include "nas-bohb.fullname" . }}
-{{- else }}
-- --standalone
-{{- end }}
-- --log-level={{ .Values.operator.logLevel }}
 {{- range .Values.operator.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -120,16 +116,12 @@ mirrored from manifests/ (tests/chart checks the default render against it).
 
 {{/* The operator's environment. */}}
 {{- define "nas-bohb.operatorEnv" -}}
+{{- if .Values.metrics.enabled }}
+- name: NAS_BOHB_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+{{- end }}
 - name: NAS_BOHB_DEFAULTS
   value: /etc/nas-bohb/defaults.yaml
-- name: POD_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
-- name: POD_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.name
 {{- with .Values.operator.extraEnv }}
 {{ toYaml . }}
 {{- end }}
