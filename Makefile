@@ -13,7 +13,7 @@ SPEC ?= examples/quick-search.yaml
 OUT ?= runs/quick-search
 PYTEST_ARGS ?=
 
-.PHONY: search test lint typecheck pytest venv cluster-build cluster-up cluster-down clean
+.PHONY: search test lint pytest venv manifests cluster-build cluster-up cluster-down clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ pytest: venv cluster-build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# Regenerate the plain-YAML install (manifests/) from the Helm chart, its source.
+manifests: venv
+	$(BIN)/python -m tests.chart.manifests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -205,21 +205,27 @@ class _Run:
         if self.cuda:
             torch.cuda.empty_cache()
 
-    def execute(self, record: ResultRecord) -> None:
+    def prepare(self) -> tuple[model.Network, augment.Augmenter, torch.optim.SGD]:
+        """Build the network, the resident data and the optimiser, and warm up (no clock)."""
         cfg, dev = self.cfg, self.dev
         torch.manual_seed(self.seed)
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+        # Channels-last pays on GPUs; on CPUs its slow BatchNorm backward ate the conv gain.
         fmt = torch.channels_last if self.cuda else torch.contiguous_format
-
-        # Build everything before the clock starts: none of this is training.
         self.net = net = model.Network(cfg).to(dev).to(memory_format=fmt)
-        record["n_params"] = sum(p.numel() for p in net.parameters())
         self.data = augment.DeviceData(self.cifar, dev, fmt)
         self.n_train = self.data.n_train
         aug = augment.Augmenter(self.data, int(cfg["length"]), float(cfg["alpha"]), self.seed)
         self._warm_up(net, aug)
-        opt = self._optimizer(net)
+        return net, aug, self._optimizer(net)
+
+    def execute(self, record: ResultRecord) -> None:
+        cfg, dev = self.cfg, self.dev
+
+        # Build everything before the clock starts: none of this is training.
+        net, aug, opt = self.prepare()
+        record["n_params"] = sum(p.numel() for p in net.parameters())
         logger.info(
             "Training %d parameters on %s for %.1f s: SGDR %d cycle(s) of %s s.",
             record["n_params"], record["device"], self.budget, self.sgdr.cycles,
@@ -228,7 +234,7 @@ class _Run:
 
         curve = record["learning_curve"]
         steps, lr = 0, float(cfg["learning_rate"])
-        per_epoch = max(1, self.data.n_train // self.batch_size)
+        per_epoch = max(1, self.n_train // self.batch_size)
         check_every = CHECK_EVERY[dev.type]
         last_step = 0.0
         done = False
@@ -373,6 +379,38 @@ class _Run:
             logger.warning("Progress callback failed; training continues.", exc_info=True)
 
 
+def measure_throughput(
+    config: Mapping[str, object],
+    cifar: data_mod.Cifar10,
+    steps: int,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+) -> float:
+    """Training images per second of this trainer's loop over ``steps`` steps, after warm-up.
+
+    The same code path as :func:`train` (resident data, on-device augmentation, the same step),
+    without budget or evaluation; for benchmarks.
+    """
+    cfg = params.validate_config(config)
+    dev = resolve_device(device)
+    run = _Run(cfg, 1.0, cifar, dev, seed, False, schedule.PAPER_MIN_PERIOD, None, None)
+    try:
+        net, aug, opt = run.prepare()
+        lr, batch = float(cfg["learning_rate"]), run.batch_size
+        per_epoch = max(1, run.n_train // batch)
+        order = aug.permutation()
+        run.clock.start()
+        for i in range(steps):
+            if i % per_epoch == 0 and i:
+                order = aug.permutation()
+            run._step(net, opt, aug, order[(i % per_epoch) * batch :][:batch], lr)
+        run.clock.stop()
+        return steps * batch / run.clock.elapsed()
+    finally:
+        run.release()
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is the first GPU when CUDA is usable, else the CPU."""
     if name == "auto":
@@ -431,7 +469,7 @@ def _free_memory(dev: torch.device) -> int | None:
     return None
 
 
-def _device_name(dev: torch.device) -> str:
+def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} ({dev})"
     return f"cpu {platform.machine()} ({torch.get_num_threads()} threads)"
@@ -453,7 +491,7 @@ def _empty_record(
         steps=0,
         n_params=0,
         learning_curve=[],
-        device=_device_name(dev),
+        device=device_name(dev),
         torch_version=torch.__version__,
         trainer_version=trainer.__version__,
         seed=seed,

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 def resolve_source(source: str, out: Path | None) -> tuple[Path, str, Path]:
     """The folder to read, a label for the report, and the report folder."""
+    # A local path wins over the namespace/name reading of the same text.
     path = Path(source)
     if path.exists():
         # A path to one of hpbandster's files means the folder that holds it.

@@ -42,6 +42,7 @@ class Row:
 
 def _num(record: Mapping[str, Any], key: str) -> float | None:
     value = record.get(key)
+    # Booleans are ints to Python but never a measurement here.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -52,6 +53,7 @@ def comparison_rows(
 ) -> list[Row]:
     """The incumbent first, then every baseline in the order of ``baselines.json``."""
     rows: list[Row] = []
+    # The incumbent's numbers come from its own trainer record, like the baselines'.
     if incumbent is not None:
         info = incumbent.info
         config = search.configs.get(incumbent.config_id)
@@ -65,6 +67,7 @@ def comparison_rows(
             status=incumbent.status, config=dict(config.values) if config else {},
         ))
 
+    # A baseline not trained yet still gets a row, so the table shows what is missing.
     for baseline in search.baselines:
         record = baseline.record or {}
         n_params = _num(record, "n_params")

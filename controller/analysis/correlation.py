@@ -73,6 +73,7 @@ def fmt_budget(budget: float) -> str:
 def budget_correlations(search: load.Search) -> Correlations:
     """Spearman's rho for every pair of budgets, ignoring failed runs."""
     budgets = search.budgets
+    # Per budget, the successful losses by configuration; failed runs have no rank.
     losses = {b: {r.config_id: r.loss for r in search.runs_on(b) if r.loss is not None}
               for b in budgets}
     result = Correlations(budgets, [])
@@ -86,6 +87,7 @@ def budget_correlations(search: load.Search) -> Correlations:
     for i, low in enumerate(budgets):
         for j in range(i + 1, len(budgets)):
             high = budgets[j]
+            # Only configurations promoted to (or started on) both budgets are comparable.
             shared = sorted(set(losses[low]) & set(losses[high]))
             rho, p = _spearman([losses[low][c] for c in shared],
                                [losses[high][c] for c in shared])
@@ -110,6 +112,8 @@ def _spearman(x: list[float | None], y: list[float | None]) -> tuple[float | Non
 def _judge(pair: BudgetPair, result: Correlations) -> None:
     """The paper's warning for weak adjacent pairs; notes where there is too little data."""
     names = f"{fmt_budget(pair.low)} and {fmt_budget(pair.high)}"
+    # Distant budgets are expected to disagree (the paper's finding); only neighbours
+    # decide what successive halving keeps, so only they are judged.
     if not pair.adjacent:
         return
     if pair.rho is None and pair.n >= MIN_N_FOR_RHO:

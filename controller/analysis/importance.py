@@ -161,6 +161,7 @@ def budget_importance(
             f"Budget {label}: only {len(runs)} successful runs; importances are rough."
         )
 
+    # One forest per seed; the spread over seeds is the reported std.
     per_seed = [_one_seed(design, seed) for seed in range(seeds)]
     optuna_values = np.array([[s[0][n] for n in design.names] for s in per_seed])
     result.individual = sorted(
@@ -199,6 +200,8 @@ def build_design(
             distributions[name] = CategoricalDistribution(choices)
             sentinel[name] = None
             continue
+        # Log-scaled numbers, integer or not, become floats in log10 space; linear integers
+        # stay integers so Optuna's encoding (and the forest's splits) match the search's.
         low, high = _analysis_range(p)
         integral = p.kind == "int" and not p.log and all(
             float(configs[r.config_id].values.get(name, low)).is_integer() for r in runs)
@@ -253,6 +256,7 @@ def _one_seed(design: Design, seed: int) -> tuple[dict[str, float], np.ndarray, 
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.trial import create_trial
 
+    # Optuna logs every study it creates at INFO; keep the report's stderr to our notes.
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -277,6 +281,7 @@ def forest_terms(design: Design, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """
     from sklearn.ensemble import RandomForestRegressor
 
+    # Same data, same settings, same seed as Optuna's evaluator: the same trees.
     x, bounds, columns = design.encoded()
     forest = RandomForestRegressor(
         n_estimators=N_TREES, max_depth=MAX_DEPTH, min_samples_split=2, min_samples_leaf=1,

@@ -69,6 +69,7 @@ def correlation_heatmap(result: correlation.Correlations, path: Path) -> Path:
         if pair.rho is not None:
             matrix[i, j] = matrix[j, i] = pair.rho
 
+    # Grow with the number of budgets so the per-cell text stays legible.
     fig = _figure(1.2 * k + 3.0, 1.0 * k + 2.0)
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap="coolwarm_r", vmin=-1, vmax=1)
@@ -95,7 +96,9 @@ def importance_bars(result: importance.BudgetImportance, path: Path) -> Path:
     # One scale for both panels, so a small interaction does not look like a big one.
     left, right = fig.subplots(1, 2, sharex=True)
     top = result.individual[:_MAX_BARS][::-1]
-    left.barh([i.name for i in top], [i.mean for i in top], xerr=[i.std for i in top],
+    # Error bars stop at zero: an importance is a variance fraction, never negative.
+    left.barh([i.name for i in top], [i.mean for i in top],
+              xerr=[[min(i.std, i.mean) for i in top], [i.std for i in top]],
               color="tab:blue", capsize=2)
     left.set_xlabel("fraction of loss variance explained")
     left.set_title("single parameters")
@@ -103,7 +106,8 @@ def importance_bars(result: importance.BudgetImportance, path: Path) -> Path:
     pairs = result.pairs[:_MAX_PAIR_BARS][::-1]
     if pairs:
         right.barh([f"{p.first} x {p.second}" for p in pairs], [p.mean for p in pairs],
-                   xerr=[p.std for p in pairs], color="tab:orange", capsize=2)
+                   xerr=[[min(p.std, p.mean) for p in pairs], [p.std for p in pairs]],
+                   color="tab:orange", capsize=2)
     right.set_xlabel("fraction of loss variance explained")
     right.set_title("pair interactions")
     fig.suptitle(
@@ -122,15 +126,18 @@ def incumbent_trajectory(
     colors = _budget_colors(sorted(per_budget))
     fig = _figure()
     ax = fig.add_subplot()
+    # The overall incumbent is a wide pale band underneath, so the per-budget lines it
+    # coincides with stay visible on top of it.
+    if overall:
+        ax.step([s.time / divisor for s in overall] + [end / divisor],
+                [s.loss for s in overall] + [overall[-1].loss], where="post", color="black",
+                alpha=0.3, linewidth=5, label="incumbent (largest budget so far)", zorder=1)
     for budget, steps in sorted(per_budget.items()):
         if steps:
             ax.step([s.time / divisor for s in steps] + [end / divisor],
                     [s.loss for s in steps] + [steps[-1].loss], where="post",
-                    color=colors[budget], label=f"best on {correlation.fmt_budget(budget)}")
-    if overall:
-        ax.step([s.time / divisor for s in overall] + [end / divisor],
-                [s.loss for s in overall] + [overall[-1].loss], where="post", color="black",
-                linewidth=2.2, label="incumbent (largest budget so far)")
+                    color=colors[budget], linewidth=1.6, zorder=2,
+                    label=f"best on {correlation.fmt_budget(budget)}")
     ax.set_xlabel(f"wall-clock time since the search started ({unit})")
     ax.set_ylabel("loss (validation error)")
     ax.set_title("Incumbent loss over time")

@@ -67,6 +67,7 @@ def analyze(
     report = Report(out_dir, {}, notes=list(search.notes))
     notes = report.notes
 
+    # How each parameter is analysed: from configspace.json or the spec, else the data.
     declared = space.read_declared_space(folder, notes)
     resolved = space.resolve_space([c.values for c in search.configs.values()], declared, notes)
     files = report.files
@@ -168,6 +169,7 @@ def analyze(
     _add(files, guarded("comparison plot", lambda: plots.comparison(
         rows, out_dir / "comparison.png")))
 
+    # summary.json and report.md last, so they can list every file written before them.
     report.summary = _summary(search, resolved, corr, importances, overall, conc, picks, rows,
                               report)
     summary_path = out_dir / SUMMARY_FILE

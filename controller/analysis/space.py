@@ -80,6 +80,7 @@ def read_declared_space(folder: Path, notes: list[str]) -> DeclaredSpace:
         if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0:
             declared.workers = workers
 
+    # ConfigSpace's file is exact (it is what the engine sampled from); the spec is next.
     cs_path = folder / CONFIGSPACE_FILE
     if cs_path.is_file():
         try:
@@ -210,6 +211,7 @@ def _resolve_one(
     name: str, values: list[Any], declared: ParamSpace | None, notes: list[str]
 ) -> ParamSpace | None:
     """One parameter's space, or None when it is constant."""
+    # Anything that is not a finite number everywhere is analysed as a category.
     numeric = all(_is_number(v) and math.isfinite(v) for v in values)
     if (declared is not None and declared.kind == "categorical") or not numeric:
         known = list(declared.choices) if declared is not None else []
@@ -226,6 +228,7 @@ def _resolve_one(
         kind = "int" if all(isinstance(v, int) for v in values) else "float"
         log, low, high = False, None, None
 
+    # The data wins over the declaration: fANOVA must cover every sampled value.
     seen_low, seen_high = float(min(values)), float(max(values))
     if low is None or high is None:
         low, high = seen_low, seen_high

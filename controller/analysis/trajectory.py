@@ -67,6 +67,7 @@ def _finished_ok(search: load.Search) -> list[load.Run]:
 def incumbent_per_budget(search: load.Search) -> dict[float, list[Step]]:
     """Best loss so far on each budget, one step per improvement."""
     steps: dict[float, list[Step]] = {b: [] for b in search.budgets}
+    # Runs in finishing order: a step is drawn only when a budget's best improves.
     for run in _finished_ok(search):
         assert run.loss is not None and run.finished is not None
         trail = steps[run.budget]
@@ -114,6 +115,7 @@ def concurrency(search: load.Search, workers: int | None) -> Concurrency | None:
             running.append(level)
     peak = max(running)
     span = times[-1] - times[0]
+    # Without a declared worker count, the peak concurrency stands in for it.
     slots = workers or peak
     busy = used / (slots * span) if span > 0 and slots > 0 else None
     return Concurrency(times, running, peak, workers, busy, span)
@@ -143,6 +145,7 @@ def pick_summaries(search: load.Search) -> list[PickSummary]:
 
 def best_run(search: load.Search, notes: list[str]) -> load.Run | None:
     """The incumbent: lowest loss on the largest budget that has a successful run."""
+    # Largest budget first; a search still running may not have finished one there yet.
     for budget in reversed(search.budgets):
         ok = [r for r in search.runs_on(budget) if r.loss is not None]
         if ok:

@@ -172,6 +172,10 @@ class Engine:
         if events:
             self._replay(events)
             self._append({"event": "session_started"})
+            if self._model is not None:
+                # The seed alone would replay the first session's random proposals: derive
+                # this session's streams from the seed and the ledger's length instead.
+                self._model.reseed(self._seed(f"session/{len(events)}"))
         else:
             self._append({"event": "search_started", "spec": spec.to_dict(),
                           "fingerprint": spec.fingerprint(), "version": __version__})

@@ -85,6 +85,11 @@ class BohbModel:
             )
         )
 
+    def reseed(self, seed: int) -> None:
+        """Start fresh random streams (a restarted search must not repeat its proposals)."""
+        self._rng = np.random.RandomState(seed)
+        self.space.configspace.seed(seed)
+
     def _with_stream(self, call: Any) -> Any:
         """Run ``call`` with numpy's global random state swapped for this model's stream."""
         saved = np.random.get_state()

@@ -76,6 +76,9 @@ async def cleanup(**_: Any) -> None:
     STATE.runners.clear()
     await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
     if STATE.client is not None:
+        calls = STATE.client.calls
+        logger.info("Operator stopping; API calls made: %d in total (%s).", sum(calls.values()),
+                    ", ".join(f"{k}: {v}" for k, v in sorted(calls.items())))
         await STATE.client.close()
 
 

@@ -524,8 +524,10 @@ class SearchRunner:
         result = st.parse_result(raw)
         if flight is None:
             # The trial has ended already: ours to tidy up, or a late/duplicate write.
-            if isinstance(result, st.ReportProblem) or \
-                    self._recorded.get(trial_id) != st.fingerprint(_bounded(result.record)):
+            if isinstance(result, st.ReportProblem):
+                self._warn_once(f"{trial_id}/result", result.reason,
+                                f"trial {trial_id}: {result.message}; ignored")
+            elif self._recorded.get(trial_id) != st.fingerprint(_bounded(result.record)):
                 self._warn_once(f"{trial_id}/late", "LateReport",
                                 f"trial {trial_id} has ended already; a later result "
                                 "written for it was ignored")
@@ -763,13 +765,15 @@ class SearchRunner:
     async def _act(self, out: _Outbox) -> None:
         if out.create:
             await self._create_jobs(out)
-        for name in out.delete:
-            await self._delete_job(name)
-        await self._patch_status(self._desired_status(out))
+        if out.delete:
+            await asyncio.gather(*(self._delete_job(name) for name in sorted(out.delete)))
         for kind, reason, message in out.events:
             self._queue_event(kind, reason, message)
         self._note_incumbent()
-        await self._post_events()
+        # Events go out before the status patch that erases what they report on, so a
+        # crash in between repeats an Event rather than losing it.
+        await self._post_events(wait=True)
+        await self._patch_status(self._desired_status(out))
         self._metric_counts()
         if self._finished_this_pass and self.metrics is not None:
             self.metrics.correlations(_losses_by_budget(self.engine))
@@ -969,11 +973,15 @@ class SearchRunner:
     def _queue_event(self, kind: str, reason: str, message: str) -> None:
         self._pending_events.append((kind, reason, message))
 
-    async def _post_events(self) -> None:
-        """Post queued Events in the background; an Event lost is only a log line lost."""
+    async def _post_events(self, wait: bool = False) -> None:
+        """Post queued Events (concurrently); a failed post is logged, never retried."""
         events, self._pending_events = self._pending_events, []
-        for kind, reason, message in events:
-            task = asyncio.create_task(self._post_event(kind, reason, message))
+        tasks = [asyncio.create_task(self._post_event(kind, reason, message))
+                 for kind, reason, message in events]
+        if wait:
+            await asyncio.gather(*tasks)
+            return
+        for task in tasks:
             self._event_tasks.add(task)
             task.add_done_callback(self._event_tasks.discard)
 

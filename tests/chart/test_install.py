@@ -25,7 +25,6 @@ real CIFAR-10 trials dominate, about a minute each on two cores):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import signal
@@ -139,24 +138,16 @@ def token_kubeconfig(api: Any, cluster_kubeconfig: Path, namespace: str, account
     """A kubeconfig that authenticates as ServiceAccount ``namespace/account``."""
     from kubernetes import client
 
-    core = client.CoreV1Api(api)
-
-    def token() -> str | None:
-        for secret in core.list_namespaced_secret(namespace).items:
-            annotations = secret.metadata.annotations or {}
-            if (secret.type == "kubernetes.io/service-account-token"
-                    and annotations.get("kubernetes.io/service-account.name") == account
-                    and secret.data and secret.data.get("token")):
-                return base64.b64decode(secret.data["token"]).decode()
-        return None
-
-    value = wait_for(f"a token of ServiceAccount {account}", token, 60)
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        account, namespace, request).status.token
     admin = yaml.safe_load(cluster_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
     out.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "operator",
         "clusters": [{"name": "test", "cluster": cluster}],
-        "users": [{"name": account, "user": {"token": value}}],
+        "users": [{"name": account, "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "test", "user": account,
                                                       "namespace": namespace}}],
     }))
@@ -245,6 +236,7 @@ def test_chart_installs_and_its_operator_runs_a_search_with_moving_metrics(
             custom.create_namespaced_custom_object(
                 "nas-bohb.io", "v1alpha1", ns, "jointsearches", search_document("tiny", cache))
             seen_finished: list[float] = []
+            most_running = 0.0
             deadline = time.monotonic() + 420
             phase = None
             while time.monotonic() < deadline:
@@ -253,6 +245,8 @@ def test_chart_installs_and_its_operator_runs_a_search_with_moving_metrics(
                 finished = total(samples, "nas_bohb_trials_finished_total", search="tiny")
                 if not seen_finished or finished != seen_finished[-1]:
                     seen_finished.append(finished)
+                most_running = max(most_running, total(samples, "nas_bohb_trials",
+                                                       search="tiny", state="running"))
                 body = custom.get_namespaced_custom_object_status(
                     "nas-bohb.io", "v1alpha1", ns, "jointsearches", "tiny")
                 phase = (body.get("status") or {}).get("phase")
@@ -265,6 +259,8 @@ def test_chart_installs_and_its_operator_runs_a_search_with_moving_metrics(
             samples = scrape(metrics_port)
             mine = {"namespace": ns, "search": "tiny"}
             assert seen_finished[0] == 0 and 1 in seen_finished, seen_finished
+            assert most_running == 1  # parallelTrialCount
+            assert total(samples, "nas_bohb_trials", state="running", **mine) == 0
             assert total(samples, "nas_bohb_trials_started_total", **mine) == 2
             assert total(samples, "nas_bohb_trials_finished_total", state="ok", **mine) == 2
             assert total(samples, "nas_bohb_trials", state="succeeded", **mine) == 2

@@ -26,7 +26,8 @@ Two modes:
 
 Deleting a pod (by a user, or by the Job controller enforcing a Job's deadline) stops its
 process (SIGTERM to the process group, SIGKILL after the grace period) and then removes the
-pod with grace period 0, as a kubelet would. A pod's own ``activeDeadlineSeconds`` fails it
+pod with grace period 0, as a kubelet would; as in 1.20, no terminal phase is written first.
+A pod's own ``activeDeadlineSeconds`` fails it
 with reason ``DeadlineExceeded``. Pods are handled as plain JSON dicts, as the API sends
 them; per-pod API writes run on a small pool of ordered lanes, so hundreds of pods in flight
 do not queue behind one another.
@@ -749,8 +750,8 @@ class SimNode:
                 code = _exit_code(_kill_group(run.process, grace=self._grace(run)))
             logger.info("Simulated node %s: pod %s/%s deleted; its process ended with %d.",
                         self.name, run.namespace, run.name, code)
-            if not gone:
-                self._patch_status(run, self._terminated_status(run, code, "Error", ""))
+            # Like a 1.20 kubelet, no terminal phase is written for a deleted pod: a Failed
+            # phase seen just before removal would count against a Job's backoffLimit.
         run.state = "killed" if run.state != "finished" else run.state
         if not gone:
             self._delete_pod(run.pod.get("metadata", {}), run.uid)
@@ -1139,7 +1140,8 @@ def _rewrite_path(text: str, mounts: Sequence[tuple[str, Path]]) -> str:
 
 
 def _field_value(pod: Pod, path: str) -> str | None:
-    metadata, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {})
+    # Pod and host addresses are always the loopback address on a simulated node.
+    metadata, spec = pod.get("metadata", {}), pod.get("spec", {})
     simple = {
         "metadata.name": metadata.get("name"), "metadata.namespace": metadata.get("namespace"),
         "metadata.uid": metadata.get("uid"), "spec.nodeName": spec.get("nodeName"),
@@ -1156,7 +1158,6 @@ def _field_value(pod: Pod, path: str) -> str | None:
     if path in ("metadata.labels", "metadata.annotations"):
         values = metadata.get(path.split(".")[1]) or {}
         return "\n".join(f'{key}="{value}"' for key, value in sorted(values.items()))
-    del status  # only the fixed loopback addresses are reported
     raise _StartError("CreateContainerConfigError", f"unsupported fieldRef {path!r}")
 
 

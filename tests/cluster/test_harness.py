@@ -229,7 +229,8 @@ def test_job_deadline_kills_the_process_and_fails_the_job(
     result = wait_until(lambda: job_condition(api, kube_namespace, "too-slow"), timeout=30,
                         what="the Job to fail")
 
-    assert result == "Failed:DeadlineExceeded"
+    assert result == "Failed:DeadlineExceeded", [
+        (pod["metadata"], pod["status"]) for pod in job_pods(api, kube_namespace, "too-slow")]
     wait_until(lambda: not pid_alive(pid), timeout=10, what="the process to end")
 
 

@@ -292,6 +292,17 @@ def test_knobs_may_change_between_sessions() -> None:
     assert engine.progress().iterations_done == 2
 
 
+def test_a_restarted_search_does_not_repeat_earlier_proposals() -> None:
+    ledger = MemoryLedger()
+    first = engine_for(ledger)
+    before = [first.next_trial() for _ in range(4)]
+    again = engine_for(ledger)
+    after = [again.next_trial() for _ in range(4)]
+    configs = [r.config for r in before + after if r is not None]
+    assert len(configs) == 8
+    assert all(configs[i] != configs[j] for i in range(8) for j in range(i))
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), cut=st.floats(0.0, 1.0), survive=st.booleans(),
        parallel=st.integers(1, 4))

@@ -10,7 +10,6 @@ fault tests kill it with SIGKILL at any moment.
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.kube import support
 
@@ -37,35 +35,10 @@ def operator_install(kube_cluster: Any, tmp_path_factory: pytest.TempPathFactory
                      ) -> support.OperatorInstall:
     """CRD and RBAC from ``manifests/``; a kubeconfig of the operator's ServiceAccount."""
     api = kube_cluster.kube_api()
-    documents = []
-    for name in ("deployment.yaml", "crd.yaml", "rbac.yaml"):
-        for doc in yaml.safe_load_all((support.MANIFESTS / name).read_text()):
-            if doc and (name != "deployment.yaml" or doc["kind"] == "Namespace"):
-                documents.append(doc)
-    for doc in documents:
-        support.apply(api, doc)
-    support.wait_for(lambda: support.crd_established(api), 30, "the CRD to be established")
-
-    token = api.post(
-        "/api/v1/namespaces/nas-bohb-system/serviceaccounts/nas-bohb-operator/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-         "spec": {"expirationSeconds": 24 * 3600}})["status"]["token"]
-    admin = yaml.safe_load(Path(kube_cluster.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    if "certificate-authority" in cluster and "certificate-authority-data" not in cluster:
-        ca = Path(cluster["certificate-authority"]).read_bytes()
-        cluster = {"server": cluster["server"],
-                   "certificate-authority-data": base64.b64encode(ca).decode()}
+    support.install(api)
     folder = tmp_path_factory.mktemp("operator")
-    kubeconfig = folder / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": "nas-bohb-operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local",
-                                                     "user": "nas-bohb-operator"}}],
-        "current-context": "operator",
-    }))
+    kubeconfig = support.operator_kubeconfig(api, Path(kube_cluster.kubeconfig),
+                                             folder / "kubeconfig")
     return support.OperatorInstall(kubeconfig=kubeconfig, api=api, folder=folder)
 
 

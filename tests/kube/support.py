@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,42 @@ def apply(api: Any, doc: Mapping[str, Any]) -> None:
     except KubeApiError as error:
         if error.status != 409:
             raise
+
+
+def install(api: Any) -> None:
+    """Apply the CRD, the RBAC and the operator's namespace from ``manifests/`` (admin)."""
+    import yaml
+
+    for name in ("deployment.yaml", "crd.yaml", "rbac.yaml"):
+        for doc in yaml.safe_load_all((MANIFESTS / name).read_text()):
+            if doc and (name != "deployment.yaml" or doc["kind"] == "Namespace"):
+                apply(api, doc)
+    wait_for(lambda: crd_established(api), 30, "the CRD to be established")
+
+
+def operator_kubeconfig(api: Any, admin_kubeconfig: Path, dest: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount of rbac.yaml."""
+    import yaml
+
+    token = api.post(
+        "/api/v1/namespaces/nas-bohb-system/serviceaccounts/nas-bohb-operator/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 24 * 3600}})["status"]["token"]
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    if "certificate-authority" in cluster and "certificate-authority-data" not in cluster:
+        ca = Path(cluster["certificate-authority"]).read_bytes()
+        cluster = {"server": cluster["server"],
+                   "certificate-authority-data": base64.b64encode(ca).decode()}
+    dest.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "nas-bohb-operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local",
+                                                     "user": "nas-bohb-operator"}}],
+        "current-context": "operator",
+    }))
+    return dest
 
 
 def crd_established(api: Any) -> bool:
@@ -81,6 +118,7 @@ def fake_search(name: str, *, plan: Mapping[str, str], log: Path, iterations: in
                 {"name": "FAKE_TRAINER_PLAN", "value": json.dumps(dict(plan))},
                 {"name": "FAKE_TRAINER_LOG", "value": str(log)},
                 {"name": "FAKE_TRAINER_SECONDS", "value": str(seconds)},
+                {"name": "FAKE_TRAINER_SLOW_SECONDS", "value": "15"},
             ],
         },
     }

@@ -47,28 +47,39 @@ def test_search_finishes_despite_controller_kills_and_failing_trials(
     support.create_search(api, ns, support.fake_search(
         name, plan=FAULTS, log=log, parallel=3,
         trainer={"device": "cpu", "overrunFactor": 1, "startupAllowanceSeconds": 20}))
+    # The slow trial runs long enough to have its Job deleted under it.
     operators.start(ns)
     rng = random.Random(4)
-    deleted_job = False
+    deleted: list[str] = []
+
+    def delete_slow_job() -> bool:
+        """An infrastructure failure: the slow trial's Job is deleted while it runs."""
+        if deleted or ("0-0-6-b0", 1) not in support.runs(log):
+            return bool(deleted)
+        from tests.cluster.simnode import KubeApiError
+
+        try:
+            api.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-0-0-6-b0",
+                       {"propagationPolicy": "Background"})
+            deleted.append(time.strftime("%X"))
+        except KubeApiError as error:
+            raise AssertionError(f"the slow trial's Job was gone already: {error}") from error
+        return True
+
     for kill in range(4):
         # Kill at a random moment after the new operator has done some work.
         seen = ledger_size(api, ns, name)
-        support.wait_for(lambda seen=seen: ledger_size(api, ns, name) > seen, 120,
-                         f"the operator to make progress before kill {kill + 1}")
-        if not deleted_job and ("0-0-6-b0", 1) in support.runs(log):
-            # An infrastructure failure while the operator runs: the slow trial's Job goes.
-            api.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-0-0-6-b0",
-                       {"propagationPolicy": "Background"})
-            deleted_job = True
+
+        def progress(seen: int = seen) -> bool:
+            delete_slow_job()
+            return ledger_size(api, ns, name) > seen
+
+        support.wait_for(progress, 120, f"the operator to make progress before kill {kill + 1}")
         time.sleep(rng.uniform(0.0, 2.0))
         operators.kill()
         time.sleep(rng.uniform(0.0, 1.0))
         operators.start(ns)
-    if not deleted_job:
-        support.wait_for(lambda: ("0-0-6-b0", 1) in support.runs(log), 120,
-                         "the slow trial to start")
-        api.delete(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-0-0-6-b0",
-                   {"propagationPolicy": "Background"})
+    support.wait_for(delete_slow_job, 120, "the slow trial to start")
 
     body = support.wait_for_phase(api, ns, name, ("Succeeded", "Failed"), 300)
     status = body["status"]

@@ -164,7 +164,7 @@ def test_convolutions_are_he_initialised_per_branch() -> None:
     torch.manual_seed(0)
     net = model.build_network(make_config(initial_filters=32, widen_factor_1=2.0,
                                           res_branches_1=4))
-    block = net.stages[0][0]
+    block = next(m for m in net.modules() if isinstance(m, model.Block))
     # Each of the 4 branches has 64 output channels: std = sqrt(2 / (9 * 64)).
     expected = math.sqrt(2 / (9 * 64))
     for conv in (block.conv1, block.conv2):

@@ -302,12 +302,12 @@ class TestInvalidInput:
 def test_real_cifar10_trains_below_chance_in_a_short_budget(
     real_cifar: data_mod.Cifar10,
 ) -> None:
-    config = make_config(initial_filters=16, widen_factor_2=2.0, widen_factor_3=2.0,
-                         res_branches_2=1, batch_size=64, learning_rate=0.1, alpha=0.0,
-                         length=0, death_rate=0.0)
-    record = train.train(config, 20.0, real_cifar, device="cpu", threads=2)
+    # One thread: on a shared, busy CPU two OpenMP threads can be several times slower.
+    config = make_config(batch_size=64, learning_rate=0.1, alpha=0.0, length=0, death_rate=0.0)
+    record = train.train(config, 25.0, real_cifar, device="cpu", threads=1)
     assert record["status"] == "ok", record["message"]
-    assert record["train_seconds"] == pytest.approx(20.0, abs=2.0)
+    step = record["train_seconds"] / record["steps"]
+    assert record["train_seconds"] == pytest.approx(25.0, abs=step)
     # Ten classes: chance is 0.9.
     assert (record["validation_error"] or 1.0) < 0.85
     assert (record["test_error"] or 1.0) < 0.85

@@ -1,0 +1,333 @@
+"""Scale benchmark of the operator: hundreds of simulated trials in flight at once.
+
+What it runs: a local Kubernetes control plane (``tests.cluster``; or the cluster of
+``--kubeconfig``), the CRD and RBAC from ``manifests/``, the operator as a separate
+process authenticated as its ServiceAccount, and simulate-mode nodes with enough
+``nvidia.com/gpu`` for ``--parallel`` trials. One ``JointSearch`` of ``--trials`` trials
+(budgets 1, 3, 9 and 27 units, Hyperband's eta 3) runs with ``parallelTrialCount =
+--parallel``. A simulated trial runs ``budget x --unit-seconds`` seconds, and shortly
+before its pod ends, writes its result into the search's status with its own trainer
+ServiceAccount token through :mod:`trainer.report`, as a trainer pod would.
+
+What it prints: the operator's CPU seconds and peak memory (from ``/proc``), dispatch
+latency per trial (``status.trials.*.dispatchSeconds``: from the event that freed a slot
+to the Job's creation; median and 99th percentile), the operator's API calls per trial
+(counted by its client), all API server requests per trial (from the server's
+``apiserver_request_total``), the most trials seen in flight, and the size of the
+status and of the ledger ConfigMaps at the end.
+
+    python benchmarks/operator_scale.py                       # 1,000 trials, 300 at once
+    python benchmarks/operator_scale.py --trials 300 --json out.json
+
+Measured on a shared 2-core VM (see the report in the pull request); figures vary with
+load. Targets: median dispatch under 1 s, operator memory under 300 MB, status under
+1 MiB at 1,000 trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import json
+import math
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster import control, simnode  # noqa: E402
+from tests.kube import support  # noqa: E402
+from trainer import report  # noqa: E402
+
+NAME = "scale"
+
+
+@dataclass
+class Reports:
+    """Sends simulated trainers' results at their time, from a few worker threads."""
+
+    api: simnode.KubeApi
+    namespace: str
+    server: str
+    ca_file: str | None
+    unit_seconds: float
+    workers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32))
+    heap: list[tuple[float, int, dict[str, str]]] = field(default_factory=list)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    token_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+    sent: int = 0
+    failed: int = 0
+    running: int = 0
+    most_running: int = 0
+    counter: int = 0
+    stopped: bool = False
+
+    def hook(self, pod: dict[str, Any]) -> tuple[float, int]:
+        """Simulate-mode hook: the pod runs ``budget x unit`` s; its result comes just before."""
+        env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
+        seconds = float(env["NAS_BOHB_BUDGET"]) * self.unit_seconds
+        with self.lock:
+            self.counter += 1
+            # The result goes out halfway: a real trainer reports before its process ends.
+            heapq.heappush(self.heap, (time.monotonic() + seconds * 0.5, self.counter, env))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.lock.notify()
+        return seconds, 0
+
+    def finished(self, pod: dict[str, Any]) -> None:
+        with self.lock:
+            self.running -= 1
+
+    def loop(self) -> None:
+        while True:
+            with self.lock:
+                while not self.stopped and (not self.heap or self.heap[0][0] > time.monotonic()):
+                    wait = self.heap[0][0] - time.monotonic() if self.heap else 1.0
+                    self.lock.wait(max(0.005, min(wait, 1.0)))
+                if self.stopped:
+                    return
+                _, _, env = heapq.heappop(self.heap)
+            self.workers.submit(self.send, env)
+
+    def token_path(self, search: str) -> str:
+        path = self.token_dir / f"{search}.token"
+        if not path.exists():
+            answer = self.api.post(
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{search}-trainer/token",
+                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                 "spec": {"expirationSeconds": 3 * 3600}})
+            path.write_text(answer["status"]["token"])
+        return str(path)
+
+    def send(self, env: dict[str, str]) -> None:
+        budget = float(env["NAS_BOHB_BUDGET"])
+        target = report.KubeTarget(
+            api_url=self.server, namespace=env["NAS_BOHB_SEARCH_NAMESPACE"],
+            search=env["NAS_BOHB_SEARCH_NAME"], trial_id=env["NAS_BOHB_TRIAL_ID"],
+            attempt=int(env["NAS_BOHB_TRIAL_ATTEMPT"]),
+            token_path=self.token_path(env["NAS_BOHB_SEARCH_NAME"]), ca_path=self.ca_file,
+            deadline_seconds=60)
+        # A made-up validation error that improves with the budget, differs by config.
+        noise = (zlib.crc32(env["NAS_BOHB_CONFIG_ID"].encode()) % 1000) / 5000
+        error = round(min(0.9, 0.1 + noise + 0.5 / math.sqrt(budget)), 5)
+        reporter = report.KubeReporter(target)
+        reporter.on_result({"status": "ok", "validation_error": error,
+                            "test_error": error + 0.01, "budget_seconds": budget,
+                            "train_seconds": budget, "epochs": 1.0, "learning_curve": []})
+        with self.lock:
+            if reporter.stats.sent:
+                self.sent += 1
+            else:
+                self.failed += 1
+
+
+def _proc_stats(pid: int) -> tuple[float, int, int]:
+    """CPU seconds (user + system), current RSS and peak RSS (bytes) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
+    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
+    return cpu, rss, peak
+
+
+def _apiserver_requests(api: simnode.KubeApi) -> float:
+    text = api.request("GET", "/metrics", raw=True).decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("apiserver_request_total{"))
+
+
+def _spec(trials: int, parallel: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "nas-bohb.io/v1alpha1", "kind": "JointSearch",
+        "metadata": {"name": NAME},
+        "spec": {
+            "budgets": {"min": 1, "max": 27, "eta": 3},
+            "maxIterations": 1000,
+            "maxTrialCount": trials,
+            "parallelTrialCount": parallel,
+            "seed": 7,
+            "dataset": {"url": "http://127.0.0.1:9/unused.tar.gz",
+                        "md5": "de808eed20bae32db8b324f967887cf8"},
+            "trainer": {"overrunFactor": 10, "startupAllowanceSeconds": 600},
+            "trialTemplate": {
+                "image": "nas-bohb/trainer:0.1.0",
+                "tolerations": [{"key": "nas-bohb.io/simulated", "operator": "Exists",
+                                 "effect": "NoSchedule"}],
+            },
+        },
+    }
+
+
+@contextlib.contextmanager
+def _cluster(kubeconfig: str | None) -> Iterator[Path]:
+    if kubeconfig:
+        yield Path(kubeconfig)
+        return
+    state = Path(tempfile.mkdtemp(prefix="nas-bohb-bench-"))
+    info = control.start_cluster(state, die_with_parent=True)
+    try:
+        yield Path(info.kubeconfig)
+    finally:
+        control.stop_cluster(state)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with _cluster(args.kubeconfig) as kubeconfig:
+        api = simnode.KubeApi.from_kubeconfig(kubeconfig)
+        support.install(api)
+        work = Path(tempfile.mkdtemp(prefix="nas-bohb-bench-op-"))
+        operator_config = support.operator_kubeconfig(api, kubeconfig, work / "kubeconfig")
+        namespace = f"bench-{int(time.time())}"
+        api.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": namespace}})
+        support.wait_for(lambda: _has_default_account(api, namespace), 60,
+                         "the namespace's default ServiceAccount")
+
+        reports = Reports(api, namespace, api.host, api.ca_cert_file, args.unit_seconds)
+        threading.Thread(target=reports.loop, daemon=True).start()
+        per_node = math.ceil(args.parallel * 1.1 / args.nodes) + 5
+        capacity = simnode.NodeCapacity(cpu="1000", memory="4000Gi", pods=per_node,
+                                        gpus=per_node)
+        nodes = [simnode.SimNode(api, f"bench-sim-{i}", mode="simulate", capacity=capacity,
+                                 simulate=reports.hook, on_finish=reports.finished,
+                                 lanes=16, die_with_parent=True)
+                 for i in range(args.nodes)]
+        for node in nodes:
+            node.start()
+        requests_before = _apiserver_requests(api)
+
+        log_path = work / "operator.log"
+        env = {**os.environ, "KUBECONFIG": str(operator_config), "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "controller.kube", "-n", namespace]
+        if args.profile:
+            # cProfile of the operator's event-loop thread, written when it stops.
+            command[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
+        with open(log_path, "wb") as log:
+            operator = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
+        samples: list[tuple[float, float, int]] = []
+        most_in_flight = 0
+        status_bytes_max = 0
+        started = time.monotonic()
+        body: dict[str, Any] = {}
+        try:
+            support.create_search(api, namespace, _spec(args.trials, args.parallel))
+            while time.monotonic() - started < args.timeout:
+                time.sleep(1.0)
+                cpu, rss, peak = _proc_stats(operator.pid)
+                samples.append((time.monotonic() - started, cpu, rss))
+                body = support.get_search(api, namespace, NAME)
+                status = body.get("status") or {}
+                most_in_flight = max(most_in_flight, status.get("trialsRunning", 0))
+                status_bytes_max = max(status_bytes_max, len(json.dumps(
+                    status, separators=(",", ":"))))
+                if args.verbose:
+                    print(f"{samples[-1][0]:6.0f} s  {status.get('phase')}  "
+                          f"{status.get('progress')}  running {status.get('trialsRunning')}  "
+                          f"pods {reports.running}  cpu {cpu:.1f} s  rss {rss / 2**20:.0f} MiB",
+                          flush=True)
+                if status.get("phase") in ("Succeeded", "Failed"):
+                    break
+            elapsed = time.monotonic() - started
+            cpu, rss, peak = _proc_stats(operator.pid)
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                operator.wait(timeout=30)
+            if operator.poll() is None:
+                operator.kill()
+            reports.stopped = True
+            with reports.lock:
+                reports.lock.notify_all()
+            for node in nodes:
+                node.stop(delete_node=True)
+        requests = _apiserver_requests(api) - requests_before
+
+        status = body.get("status") or {}
+        trials = status.get("trials") or {}
+        done = status.get("trialsDone", 0)
+        dispatch = [t["dispatchSeconds"] for t in trials.values()
+                    if isinstance(t.get("dispatchSeconds"), (int, float))]
+        calls_line = re.search(r"API calls made: (\d+) in total \((.*)\)",
+                               log_path.read_text(errors="replace"))
+        calls = int(calls_line.group(1)) if calls_line else None
+        ledger = api.get(f"/api/v1/namespaces/{namespace}/configmaps",
+                         {"labelSelector": "app.kubernetes.io/component=ledger"})["items"]
+        return {
+            "trials": args.trials, "parallel": args.parallel, "unit_seconds": args.unit_seconds,
+            "phase": status.get("phase"), "trials_done": done, "elapsed_seconds": elapsed,
+            "most_in_flight_status": most_in_flight, "most_pods_running": reports.most_running,
+            "operator_cpu_seconds": cpu, "operator_cpu_ms_per_trial": 1000 * cpu / max(done, 1),
+            "operator_rss_mib_end": rss / 2**20, "operator_rss_mib_peak": peak / 2**20,
+            "dispatch_median_seconds": statistics.median(dispatch) if dispatch else None,
+            "dispatch_p99_seconds": _percentile(dispatch, 0.99) if dispatch else None,
+            "dispatch_samples": len(dispatch),
+            "operator_api_calls": calls,
+            "operator_api_calls_per_trial": calls / max(done, 1) if calls else None,
+            "operator_api_calls_by_kind": calls_line.group(2) if calls_line else None,
+            "apiserver_requests_per_trial": requests / max(done, 1),
+            "status_bytes_end": len(json.dumps(status, separators=(",", ":"))),
+            "status_bytes_max": status_bytes_max,
+            "ledger_configmaps": len(ledger),
+            "ledger_bytes": sum(len(c["data"]["events.jsonl"]) for c in ledger),
+            "reports_sent": reports.sent, "reports_failed": reports.failed,
+            "operator_log": str(log_path),
+        }
+
+
+def _has_default_account(api: simnode.KubeApi, namespace: str) -> bool:
+    try:
+        account = api.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+    except simnode.KubeApiError:
+        return False
+    return bool(account.get("secrets"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=300)
+    parser.add_argument("--unit-seconds", type=float, default=3.0,
+                        help="simulated seconds per budget unit (budgets are 1..27 units)")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting one")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print progress")
+    args = parser.parse_args()
+    result = run(args)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.3f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0 if result["phase"] == "Succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Test-suite wiring: the real local Kubernetes cluster fixtures are available to every test."""
+
+pytest_plugins = ["tests.cluster.fixtures"]
