@@ -27,13 +27,16 @@ load. Targets: median dispatch under 1 s, operator memory under 300 MB, status u
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import heapq
 import json
 import math
 import os
 import re
+import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from controller.kube import status as kube_status  # noqa: E402
 from tests.cluster import control, simnode  # noqa: E402
 from tests.kube import support  # noqa: E402
 from trainer import report  # noqa: E402
@@ -76,6 +80,7 @@ class Reports:
     most_running: int = 0
     counter: int = 0
     stopped: bool = False
+    ssl_context: Any = None
 
     def hook(self, pod: dict[str, Any]) -> tuple[float, int]:
         """Simulate-mode hook: the pod runs ``budget x unit`` s; its result comes just before."""
@@ -126,7 +131,7 @@ class Reports:
         # A made-up validation error that improves with the budget, differs by config.
         noise = (zlib.crc32(env["NAS_BOHB_CONFIG_ID"].encode()) % 1000) / 5000
         error = round(min(0.9, 0.1 + noise + 0.5 / math.sqrt(budget)), 5)
-        reporter = report.KubeReporter(target)
+        reporter = report.KubeReporter(target, ssl_context=self.ssl_context)
         reporter.on_result({"status": "ok", "validation_error": error,
                             "test_error": error + 0.01, "budget_seconds": budget,
                             "train_seconds": budget, "epochs": 1.0, "learning_curve": []})
@@ -137,15 +142,55 @@ class Reports:
                 self.failed += 1
 
 
-def _proc_stats(pid: int) -> tuple[float, int, int]:
-    """CPU seconds (user + system), current RSS and peak RSS (bytes) of a process."""
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (the engine may run its model in a child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, reaped children included) and current RSS of one process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    cpu = sum(int(f) for f in fields[11:15]) / ticks
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
-    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
-    return cpu, rss, peak
+    return cpu, rss
+
+
+@dataclass
+class Usage:
+    """CPU and memory of the operator process, alone and with its child processes."""
+
+    cpu: float = 0.0
+    cpu_tree: float = 0.0
+    rss: int = 0
+    rss_tree: int = 0
+    peak: int = 0
+    peak_tree: int = 0
+
+    def sample(self, pid: int) -> None:
+        per = {}
+        for proc in _descendants(pid):
+            with contextlib.suppress(OSError):
+                per[proc] = _proc_stats(proc)
+        if pid not in per:
+            return
+        self.cpu, self.rss = per[pid]
+        self.cpu_tree = max(self.cpu_tree, sum(c for c, _ in per.values()))
+        self.rss_tree = sum(r for _, r in per.values())
+        self.peak = max(self.peak, self.rss)
+        self.peak_tree = max(self.peak_tree, self.rss_tree)
 
 
 def _apiserver_requests(api: simnode.KubeApi) -> float:
@@ -187,6 +232,7 @@ def _cluster(kubeconfig: str | None) -> Iterator[Path]:
         yield Path(info.kubeconfig)
     finally:
         control.stop_cluster(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -207,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "the namespace's default ServiceAccount")
 
         reports = Reports(api, namespace, api.host, api.ca_cert_file, args.unit_seconds)
+        reports.ssl_context = ssl.create_default_context(cafile=api.ca_cert_file)
         threading.Thread(target=reports.loop, daemon=True).start()
         per_node = math.ceil(args.parallel * 1.1 / args.nodes) + 5
         capacity = simnode.NodeCapacity(cpu="1000", memory="4000Gi", pods=per_node,
@@ -227,8 +274,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             command[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
         with open(log_path, "wb") as log:
             operator = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-        samples: list[tuple[float, float, int]] = []
+                                        stderr=subprocess.STDOUT,
+                                        preexec_fn=simnode.die_with_parent_preexec())
+        usage = Usage()
         most_in_flight = 0
         status_bytes_max = 0
         started = time.monotonic()
@@ -237,22 +285,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             support.create_search(api, namespace, _spec(args.trials, args.parallel))
             while time.monotonic() - started < args.timeout:
                 time.sleep(1.0)
-                cpu, rss, peak = _proc_stats(operator.pid)
-                samples.append((time.monotonic() - started, cpu, rss))
+                usage.sample(operator.pid)
                 body = support.get_search(api, namespace, NAME)
                 status = body.get("status") or {}
                 most_in_flight = max(most_in_flight, status.get("trialsRunning", 0))
                 status_bytes_max = max(status_bytes_max, len(json.dumps(
                     status, separators=(",", ":"))))
                 if args.verbose:
-                    print(f"{samples[-1][0]:6.0f} s  {status.get('phase')}  "
+                    print(f"{time.monotonic() - started:6.0f} s  {status.get('phase')}  "
                           f"{status.get('progress')}  running {status.get('trialsRunning')}  "
-                          f"pods {reports.running}  cpu {cpu:.1f} s  rss {rss / 2**20:.0f} MiB",
-                          flush=True)
+                          f"pods {reports.running}  cpu {usage.cpu_tree:.1f} s  "
+                          f"rss {usage.rss_tree / 2**20:.0f} MiB", flush=True)
                 if status.get("phase") in ("Succeeded", "Failed"):
                     break
             elapsed = time.monotonic() - started
-            cpu, rss, peak = _proc_stats(operator.pid)
+            usage.sample(operator.pid)
         finally:
             operator.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -264,13 +311,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reports.lock.notify_all()
             for node in nodes:
                 node.stop(delete_node=True)
+            operator_config.unlink(missing_ok=True)  # It holds a token.
+            shutil.rmtree(reports.token_dir, ignore_errors=True)
         requests = _apiserver_requests(api) - requests_before
 
         status = body.get("status") or {}
-        trials = status.get("trials") or {}
+        lines = [kube_status.parse_line(line) for key in ("results", "active")
+                 for line in (status.get(key) or {}).values()]
         done = status.get("trialsDone", 0)
-        dispatch = [t["dispatchSeconds"] for t in trials.values()
-                    if isinstance(t.get("dispatchSeconds"), (int, float))]
+        dispatch = [t["dispatch"] for t in lines if isinstance(t.get("dispatch"), float)]
+        outcomes = collections.Counter(t.get("outcome", t["phase"]) for t in lines)
         calls_line = re.search(r"API calls made: (\d+) in total \((.*)\)",
                                log_path.read_text(errors="replace"))
         calls = int(calls_line.group(1)) if calls_line else None
@@ -280,8 +330,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "trials": args.trials, "parallel": args.parallel, "unit_seconds": args.unit_seconds,
             "phase": status.get("phase"), "trials_done": done, "elapsed_seconds": elapsed,
             "most_in_flight_status": most_in_flight, "most_pods_running": reports.most_running,
-            "operator_cpu_seconds": cpu, "operator_cpu_ms_per_trial": 1000 * cpu / max(done, 1),
-            "operator_rss_mib_end": rss / 2**20, "operator_rss_mib_peak": peak / 2**20,
+            "operator_cpu_seconds": usage.cpu,
+            "operator_cpu_seconds_with_children": usage.cpu_tree,
+            "operator_cpu_ms_per_trial": 1000 * usage.cpu_tree / max(done, 1),
+            "operator_rss_mib_peak": usage.peak / 2**20,
+            "operator_rss_mib_peak_with_children": usage.peak_tree / 2**20,
             "dispatch_median_seconds": statistics.median(dispatch) if dispatch else None,
             "dispatch_p99_seconds": _percentile(dispatch, 0.99) if dispatch else None,
             "dispatch_samples": len(dispatch),
@@ -293,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "status_bytes_max": status_bytes_max,
             "ledger_configmaps": len(ledger),
             "ledger_bytes": sum(len(c["data"]["events.jsonl"]) for c in ledger),
+            "outcomes": dict(outcomes),
             "reports_sent": reports.sent, "reports_failed": reports.failed,
             "operator_log": str(log_path),
         }
@@ -310,7 +364,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=300)
-    parser.add_argument("--unit-seconds", type=float, default=3.0,
+    parser.add_argument("--unit-seconds", type=float, default=10.0,
                         help="simulated seconds per budget unit (budgets are 1..27 units)")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -319,6 +373,8 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="print progress")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the operator, the nodes and the cluster are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = run(args)
     width = max(len(k) for k in result)
     for key, value in result.items():

@@ -9,8 +9,9 @@ large, Shake-Shake 26 2x64d) this measures training images per second of
   torchvision ``DataLoader`` that decodes and augments each image on the CPU (PIL crop and
   flip, ``ToTensor``, ``Normalize``, cutout), mixup in the loop.
 
-Both run in the same process and alternate, so a busy machine slows both alike; the best of
-the repeats is printed. Warm-up steps are excluded from both.
+Both are built side by side in one process, warmed up, then alternate timed rounds (two with
+``--quick``, else three), so a machine whose load varies slows both alike; the best round of
+each is printed.
 
     python benchmarks/trainer_throughput.py --quick      # a few minutes on a 2-core CPU
     python benchmarks/trainer_throughput.py              # longer; more steps on a GPU
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,8 @@ CONFIGS = {
     "medium": _config(4, 16, 2.0, (2, 2, 2), 128),  # Shake-Shake 26 2x32d, 2.9 M
     "large": _config(4, 16, 4.0, (2, 2, 2), 128),  # Shake-Shake 26 2x64d, 11.7 M
 }
-# Timed steps per configuration: (CPU quick, CPU, GPU quick, GPU).
-STEPS = {"small": (20, 60, 200, 600), "medium": (3, 10, 100, 300), "large": (1, 4, 50, 150)}
+# Timed steps per round: (CPU quick, CPU, GPU quick, GPU).
+STEPS = {"small": (8, 30, 100, 400), "medium": (2, 6, 50, 200), "large": (1, 3, 25, 100)}
 
 
 class _Cutout:
@@ -93,9 +95,13 @@ class _PlainCifar(Dataset[tuple[torch.Tensor, int]]):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def plain_loop(config: dict[str, Any], cifar: data_mod.Cifar10, steps: int, dev: torch.device,
-               workers: int) -> float:
-    """Images/s of a textbook loop: DataLoader -> device -> mixup -> step, after 2 warm-ups."""
+def plain_loop(
+    config: dict[str, Any], cifar: data_mod.Cifar10, steps: int, dev: torch.device, workers: int
+) -> Generator[float, None, None]:
+    """Images/s of a textbook loop (DataLoader, to device, mixup, step), per ``steps`` steps.
+
+    As many warm-up steps first as the trainer's loop takes.
+    """
     torch.manual_seed(0)
     cuda = dev.type == "cuda"
     fmt = torch.channels_last if cuda else torch.contiguous_format
@@ -105,15 +111,16 @@ def plain_loop(config: dict[str, Any], cifar: data_mod.Cifar10, steps: int, dev:
     loader = DataLoader(_PlainCifar(cifar, config["length"]), batch_size=config["batch_size"],
                         shuffle=True, drop_last=True, num_workers=workers, pin_memory=cuda,
                         persistent_workers=workers > 0)
-    alpha, warmup = config["alpha"], 2
-    batches = iter(loader)
-    start = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            if cuda:
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-        x, y = next(batches)
+    alpha = config["alpha"]
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield from loader
+
+    stream = batches()
+
+    def step() -> None:
+        x, y = next(stream)
         x = x.to(dev, non_blocking=True).contiguous(memory_format=fmt)
         y = y.to(dev, non_blocking=True)
         lam = float(np.random.beta(alpha, alpha)) if alpha > 0 else 1.0
@@ -125,9 +132,20 @@ def plain_loop(config: dict[str, Any], cifar: data_mod.Cifar10, steps: int, dev:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if cuda:
-        torch.cuda.synchronize(dev)
-    return steps * config["batch_size"] / (time.perf_counter() - start)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    for _ in range(train.WARMUP_STEPS[dev.type]):
+        step()
+    while True:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        yield steps * config["batch_size"] / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -140,7 +158,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--workers", type=int,
                    help="DataLoader workers of the plain loop (default: 0 on CPU, 8 on GPU)")
-    p.add_argument("--quick", action="store_true", help="fewer steps and one repeat")
+    p.add_argument("--quick", action="store_true", help="fewer steps per round")
     p.add_argument("--configs", default="small,medium,large")
     args = p.parse_args()
 
@@ -152,7 +170,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (
         min(8, os.cpu_count() or 1) if cuda else 0)
     column = (2 if cuda else 0) + (0 if args.quick else 1)
-    repeats = 1 if args.quick else 2
+    rounds = 2 if args.quick else 3
 
     started = time.perf_counter()
     cifar = data_mod.load_cifar10(args.data, args.data_md5, args.cache_dir)
@@ -160,17 +178,22 @@ def main() -> None:
     device_name = train.device_name(dev)
     print(f"device: {device_name}; torch {torch.__version__}; "
           f"CIFAR-10 loaded in {load_seconds:.1f} s; plain loop: {workers} loader worker(s)")
-    print(f"{'config':8} {'params':>8} {'batch':>5} {'steps':>5} "
+    print(f"{'config':8} {'params':>8} {'batch':>5} {'steps':>7} "
           f"{'trainer img/s':>14} {'plain img/s':>12} {'speed-up':>8}")
     for name in args.configs.split(","):
         config = CONFIGS[name]
         steps = STEPS[name][column]
+        # Both loops are built and warmed up, then alternate rounds of `steps` steps.
+        ours_rounds = train.measure_throughput(config, cifar, steps, device=args.device)
+        plain_rounds = plain_loop(config, cifar, steps, dev, workers)
         ours, plain = [], []
-        for _ in range(repeats):
-            ours.append(train.measure_throughput(config, cifar, steps, device=args.device))
-            plain.append(plain_loop(config, cifar, steps, dev, workers))
+        for _ in range(rounds):
+            ours.append(next(ours_rounds))
+            plain.append(next(plain_rounds))
+        ours_rounds.close()
+        plain_rounds.close()
         n_params = model.count_parameters(config)
-        print(f"{name:8} {n_params / 1e6:7.2f}M {config['batch_size']:5d} {steps:5d} "
+        print(f"{name:8} {n_params / 1e6:7.2f}M {config['batch_size']:5d} {steps:4d}x{rounds} "
               f"{max(ours):14.1f} {max(plain):12.1f} {max(ours) / max(plain):7.2f}x",
               flush=True)
     print(f"total {time.perf_counter() - started:.0f} s")

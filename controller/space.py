@@ -82,6 +82,7 @@ class SearchSpace:
         self.parameters = parameters
         self.configspace = configspace
         self._by_name = {p.name: p for p in parameters}
+        self._searched = tuple(p.name for p in parameters if p.searched)
 
     @property
     def dimensions(self) -> int:
@@ -90,7 +91,7 @@ class SearchSpace:
 
     @property
     def searched_names(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.parameters if p.searched)
+        return self._searched
 
     def plain(self, values: Mapping[str, Any]) -> dict[str, Value]:
         """A ConfigSpace configuration's values as plain Python numbers, in space order."""

@@ -143,17 +143,20 @@ def load_cifar10(
 
 
 def _load_url(url: str, md5: str, cache: Path) -> Cifar10:
+    # A cache hit needs no network at all.
     cached = _read_cache(cache, md5)
     if cached is not None:
         return cached
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache, md5):
+        # Another trainer may have finished the work while this one waited for the lock.
         cached = _read_cache(cache, md5)
         if cached is not None:
             return cached
         downloads = cache / "downloads"
         downloads.mkdir(exist_ok=True)
         archive = downloads / f"cifar-10-python-{md5}.tar.gz"
+        # A verified archive left by an interrupted extraction is reused.
         if not archive.is_file() or _md5_of(archive) != md5:
             _download(url, archive, md5)
         data = _extract_to_cache(archive, md5, cache)
@@ -163,6 +166,7 @@ def _load_url(url: str, md5: str, cache: Path) -> Cifar10:
 
 
 def _load_archive(archive: Path, md5: str | None, cache: Path) -> Cifar10:
+    # The checksum is the cache key, so it is computed even when nothing is expected.
     actual = _md5_of(archive)
     if md5 is not None and actual != md5:
         raise DataError(
@@ -253,6 +257,7 @@ def _extract_to_cache(archive: Path, md5: str, cache: Path) -> Cifar10:
         for name in _ARRAYS:
             np.save(tmp / f"{name}.npy", getattr(data, name))
         (tmp / "meta.json").write_text(json.dumps({"md5": md5, "source": str(archive)}))
+        # The rename is the commit: readers see a complete cache folder or none.
         os.rename(tmp, _cache_path(cache, md5))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,6 +287,7 @@ def _read_archive(archive: Path) -> Cifar10:
 
 
 def _read_folder(folder: Path) -> Cifar10:
+    # Accept the folder the archive unpacks to or the one holding it.
     inner = folder / "cifar-10-batches-py"
     if inner.is_dir():
         folder = inner
@@ -310,6 +316,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _parse_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
+        # The official batches are Python 2 pickles; their str keys arrive as bytes.
         raw = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
         batch = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
         x = np.asarray(batch["data"], dtype=np.uint8)

@@ -71,6 +71,7 @@ class _Shake(torch.autograd.Function):
 
 def _dirichlet_ones(n: int, k: int, device: torch.device) -> torch.Tensor:
     """Per-image weights uniform on the simplex: normalised exponential variates."""
+    # Normalised Exp(1) variates are Dirichlet(1, ..., 1); log1p(-u) avoids log(0).
     e = -torch.log1p(-torch.rand(n, k, device=device))
     return e / e.sum(1, keepdim=True)
 
@@ -94,6 +95,7 @@ class Shortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
+        # The second path sees the image moved by one pixel, so stride 2 samples other pixels.
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
         if self.stride > 1:
             x = F.avg_pool2d(x, 1, self.stride)
@@ -137,6 +139,7 @@ class Block(nn.Module):
 
     def _combine(self, r: torch.Tensor) -> torch.Tensor:
         n, k = r.shape[0], self.branches
+        # Shake-Shake over K branches: forward and backward weights drawn independently.
         if k > 1:
             if not self.training:
                 return r.view(n, k, self.out_channels, *r.shape[2:]).mean(1)
@@ -172,6 +175,7 @@ class Network(nn.Module):
         for i, c_out in enumerate(widths, start=1):
             blocks: list[nn.Module] = []
             for b in range(int(config[f"nr_residual_blocks_{i}"])):
+                # Stages 2 and 3 halve the resolution in their first block.
                 stride = 2 if (i > 1 and b == 0) else 1
                 k = int(config[f"res_branches_{i}"])
                 blocks.append(Block(c_in, c_out, stride, k, death_rate))
@@ -225,7 +229,9 @@ def count_parameters(config: Mapping[str, object]) -> int:
     for i, c_out in enumerate(params.channels(cfg), start=1):
         k = int(cfg[f"res_branches_{i}"])
         for b in range(int(cfg[f"nr_residual_blocks_{i}"])):
+            # K branches of two 3x3 convolutions and two BatchNorms (weight and bias).
             total += k * (c_in * c_out * 9 + c_out * c_out * 9 + 4 * c_out)
+            # The two-path shortcut: 1x1 convolutions to c_out channels in all, and a BN.
             if c_in != c_out or (i > 1 and b == 0):
                 total += c_in * c_out + 2 * c_out
             c_in = c_out

@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import queue
+import random
 import ssl
 import threading
 import time
@@ -71,8 +72,9 @@ API_PATH = "apis/nas-bohb.io/v1alpha1"
 PLURAL = "jointsearches"
 #: A long run has thousands of epochs; the status (and the ledger) keep this many points.
 MAX_CURVE_POINTS = 32
-#: HTTP statuses worth retrying: throttling, server trouble, timeouts at a proxy.
-_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: HTTP statuses worth retrying: throttling, server trouble, timeouts at a proxy, and 409:
+#: the API server gives up on a patch after a few conflicting concurrent writes.
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 class Reporter(Protocol):
@@ -253,6 +255,7 @@ class KubeReporter:
 
     ``send`` is injectable for tests; by default it is an HTTPS merge patch with the
     service-account token (re-read on every call, since projected tokens rotate).
+    ``ssl_context`` lets one process that reports for many trials (a benchmark) share one.
     """
 
     def __init__(
@@ -261,12 +264,13 @@ class KubeReporter:
         *,
         send: Callable[[bytes], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.target = target
         self.stats = _Stats()
         self._send = send or self._http_patch
         self._sleep = sleep
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
         self._pending: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
         self._last_progress = -math.inf
         self._closed = False
@@ -350,10 +354,12 @@ class KubeReporter:
                         logger.warning("Trial %s: status patch failed: %s.",
                                        self.target.trial_id, error)
                         return False
+                    # Full jitter: trainers that finish together must not retry together.
+                    pause = random.uniform(0.5 * delay, delay)
                     logger.info("Trial %s: status patch failed (%s); retrying in %.1f s.",
-                                self.target.trial_id, error, delay)
+                                self.target.trial_id, error, pause)
                     self.stats.retries += 1
-                    self._sleep(delay)
+                    self._sleep(pause)
                     delay = min(delay * 2, 16.0)
 
     def _http_patch(self, body: bytes) -> None:
@@ -378,7 +384,7 @@ class KubeReporter:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=15, context=self._ssl) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self._ssl) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode("utf-8", "replace")

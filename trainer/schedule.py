@@ -68,6 +68,7 @@ class SGDR:
 
     def lr(self, seconds: float) -> float:
         """The learning rate after ``seconds`` of training (clamped to ``[0, budget]``)."""
+        # Past the budget (the step that overshoots it) the rate stays at its final value.
         t = min(max(seconds, 0.0), self.budget)
         period = self.first_period
         # Walk the doubling cycles; the last one ends exactly at the budget.
@@ -108,6 +109,7 @@ class MeasuredClock:
 
     def start(self) -> None:
         if self._since is None:
+            # Work queued before the start (evaluation, warm-up) must not count.
             self._sync()
             self._since = time.perf_counter()
 

@@ -33,7 +33,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, TypedDict
 
 import torch
@@ -125,6 +125,8 @@ def train(
         trainer.data.DataError: the data cannot be loaded.
     """
     wall_start = time.perf_counter()
+
+    # Invalid input is an exception (exit 2 in the CLI), never a record.
     cfg = params.validate_config(config)
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise params.ConfigError("budget", f"must be a positive number of seconds, got {budget!r}")
@@ -134,6 +136,7 @@ def train(
             raise params.ConfigError("threads", f"must be at least 1, got {threads}")
         torch.set_num_threads(threads)
 
+    # Loading (and downloading) happens before the clock exists: it is not training.
     cifar = data if isinstance(data, data_mod.Cifar10) else data_mod.load_cifar10(
         data if data is not None else data_mod.default_source(), data_md5, cache_dir
     )
@@ -145,6 +148,7 @@ def train(
     if refusal is not None:
         return _finish(record, "out_of_memory", refusal, wall_start)
 
+    # From here on, failures that belong to the configuration become a status.
     run = _Run(cfg, budget, cifar, dev, seed, eval_every_epoch, sgdr_min_period, progress, clock)
     try:
         run.execute(record)
@@ -159,7 +163,7 @@ def train(
             logger.warning("Training failed with a PyTorch runtime error.", exc_info=True)
             status, message = "error", _first_line(exc)
         else:
-            raise
+            raise  # a bug in the trainer: the CLI exits 1 with the traceback
     finally:
         run.release()
     # A run that failed part-way still reports how far it got.
@@ -188,8 +192,10 @@ class _Run:
         self.sgdr = schedule.SGDR(float(cfg["learning_rate"]), budget, sgdr_min_period)
         self.progress = progress
         self.cuda = dev.type == "cuda"
-        sync = (lambda: torch.cuda.synchronize(dev)) if self.cuda else (lambda: None)
-        self.clock = clock if clock is not None else schedule.MeasuredClock(sync)
+        self.sync: Callable[[], None] = (
+            (lambda: torch.cuda.synchronize(dev)) if self.cuda else (lambda: None)
+        )
+        self.clock = clock if clock is not None else schedule.MeasuredClock(self.sync)
         self.batch_size = int(cfg["batch_size"])
         self.net: model.Network | None = None
         self.data: augment.DeviceData | None = None
@@ -233,33 +239,34 @@ class _Run:
         )
 
         curve = record["learning_curve"]
-        steps, lr = 0, float(cfg["learning_rate"])
+        lr = float(cfg["learning_rate"])
         per_epoch = max(1, self.n_train // self.batch_size)
         check_every = CHECK_EVERY[dev.type]
+        # Duration of the latest step, to stop at the step boundary nearest to the budget.
         last_step = 0.0
         done = False
         while not done:
             order = aug.permutation()
+            # Summed on the device: reading the loss every step would stall a GPU.
             loss_sum = torch.zeros((), device=dev)
             epoch_steps = 0
             self.clock.start()
             for b in range(per_epoch):
-                # Stop at the step boundary nearest to the budget.
                 now = self.clock.elapsed()
                 if now + last_step / 2 >= self.budget:
                     done = True
                     break
+                # SGDR is read off the training clock, stepped every batch.
                 lr = self.sgdr.lr(now)
                 indices = order[b * self.batch_size :][: self.batch_size]
                 loss = self._step(net, opt, aug, indices, lr)
                 self.clock.tick()
                 loss_sum += loss.detach()
-                steps += 1
                 epoch_steps += 1
-                self.steps, self.images = steps, self.images + len(indices)
+                self.steps, self.images = self.steps + 1, self.images + len(indices)
                 last_step = self.clock.elapsed() - now
-                if steps % check_every == 0 and not torch.isfinite(loss_sum).item():
-                    raise _Diverged(f"training loss became {loss_sum.item()} at step {steps}")
+                if self.steps % check_every == 0 and not torch.isfinite(loss_sum).item():
+                    raise _Diverged(f"training loss became {loss_sum.item()} at step {self.steps}")
             self.clock.stop()
             if epoch_steps == 0:
                 break
@@ -267,7 +274,7 @@ class _Run:
             # Account for the epoch (full, or the final partial one) off the clock.
             train_loss = loss_sum.item() / epoch_steps
             if not math.isfinite(train_loss):
-                raise _Diverged(f"training loss became {train_loss} at step {steps}")
+                raise _Diverged(f"training loss became {train_loss} at step {self.steps}")
             point = CurvePoint(
                 epoch=self.epochs,
                 train_seconds=self.clock.elapsed(),
@@ -275,6 +282,7 @@ class _Run:
                 train_loss=train_loss,
                 validation_error=None,
             )
+            # The last point gets the final validation error and is reported after it.
             if self.eval_every_epoch and not done:
                 point["validation_error"] = self._evaluate(net, "validation")[1]
             curve.append(point)
@@ -285,7 +293,8 @@ class _Run:
         # The objective and the reported test error, with the deterministic network.
         val_loss, val_error = self._evaluate(net, "validation")
         if not math.isfinite(val_loss):
-            raise _Diverged(f"validation loss is {val_loss} after {steps} steps")
+            # Finite training losses but non-finite weights (e.g. overflowing BN statistics).
+            raise _Diverged(f"validation loss is {val_loss} after {self.steps} steps")
         _, test_error = self._evaluate(net, "test")
         record["validation_loss"], record["validation_error"] = val_loss, val_error
         record["test_error"] = test_error
@@ -294,7 +303,7 @@ class _Run:
             self._report(curve[-1])
         logger.info(
             "Trained %d steps (%.2f epochs) in %.1f s: validation error %.4f, test error %.4f.",
-            steps, self.epochs, self.clock.elapsed(), val_error, test_error,
+            self.steps, self.epochs, self.clock.elapsed(), val_error, test_error,
         )
 
     def _optimizer(self, net: torch.nn.Module) -> torch.optim.SGD:
@@ -322,6 +331,7 @@ class _Run:
         for group in opt.param_groups:
             group["lr"] = lr
         batch = aug.batch(indices)
+        # Mixup's loss: the same blend of the two label sets as of the two images.
         with self._autocast():
             out = net(batch.x)
             loss = F.cross_entropy(out, batch.y)
@@ -357,6 +367,7 @@ class _Run:
     def _evaluate(self, net: torch.nn.Module, split: str) -> tuple[float, float]:
         """Cross-entropy and error rate on ``split``, in evaluation mode."""
         assert self.data is not None
+        # Evaluation mode: BN running statistics, mean of branches, ShakeDrop expectation.
         net.eval()
         loss_sum = torch.zeros((), device=self.dev, dtype=torch.float64)
         wrong = torch.zeros((), device=self.dev, dtype=torch.int64)
@@ -386,11 +397,12 @@ def measure_throughput(
     *,
     device: str = "auto",
     seed: int = 0,
-) -> float:
-    """Training images per second of this trainer's loop over ``steps`` steps, after warm-up.
+) -> Generator[float, None, None]:
+    """Training images per second of this trainer's loop, one figure per ``steps`` steps.
 
-    The same code path as :func:`train` (resident data, on-device augmentation, the same step),
-    without budget or evaluation; for benchmarks.
+    The same code path as :func:`train` (resident data, on-device augmentation, the same
+    step) after the same warm-up, without budget or evaluation. A generator, so that a
+    benchmark can interleave it with another loop on a machine whose load varies.
     """
     cfg = params.validate_config(config)
     dev = resolve_device(device)
@@ -399,14 +411,18 @@ def measure_throughput(
         net, aug, opt = run.prepare()
         lr, batch = float(cfg["learning_rate"]), run.batch_size
         per_epoch = max(1, run.n_train // batch)
-        order = aug.permutation()
-        run.clock.start()
-        for i in range(steps):
-            if i % per_epoch == 0 and i:
-                order = aug.permutation()
-            run._step(net, opt, aug, order[(i % per_epoch) * batch :][:batch], lr)
-        run.clock.stop()
-        return steps * batch / run.clock.elapsed()
+        order, done = aug.permutation(), 0
+        while True:
+            clock = schedule.MeasuredClock(run.sync)
+            clock.start()
+            for _ in range(steps):
+                if done and done % per_epoch == 0:
+                    order = aug.permutation()
+                indices = order[(done % per_epoch) * batch :][:batch]
+                run._step(net, opt, aug, indices, lr)
+                done += 1
+            clock.stop()
+            yield steps * batch / clock.elapsed()
     finally:
         run.release()
 
@@ -435,6 +451,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (CUDA, cuDNN/cuBLAS workspace, or host)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
+    # Host allocations and cuDNN/cuBLAS workspaces fail as plain RuntimeErrors.
     text = str(exc)
     markers = ("out of memory", "can't allocate memory", "_STATUS_ALLOC_FAILED")
     return isinstance(exc, RuntimeError) and any(m in text for m in markers)
@@ -472,7 +489,8 @@ def _free_memory(dev: torch.device) -> int | None:
 def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} ({dev})"
-    return f"cpu {platform.machine()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu {platform.machine()} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def _empty_record(

@@ -59,7 +59,8 @@ from controller.engine.types import (
 from controller.spec import SearchSpec
 
 if TYPE_CHECKING:
-    from controller.engine.model import BohbModel, Proposal
+    from controller.engine.model import Proposal
+    from controller.engine.sampler import Model
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +158,14 @@ class Engine:
         self._finish_counter = 0
         self._sessions: list[tuple[float, float]] = []  # (start, last event) per session
         self._finished_logged = False
-        self._model: BohbModel | None = None
-        if model:
+        self._deferred: list[dict[str, Any]] = []
+        self._model: Model | None = None
+        if model and prefetch:
+            # The model runs in a child process: its CPU time must not hold our GIL.
+            from controller.engine.model_server import ModelProcess
+
+            self._model = ModelProcess(spec.to_dict(), spec.seed)
+        elif model:
             # hpbandster pulls in statsmodels: imported only when a model is wanted.
             from controller.engine.model import BohbModel
 
@@ -389,6 +396,9 @@ class Engine:
     def close(self) -> None:
         if self._sampler is not None:
             self._sampler.close()
+        close_model = getattr(self._model, "close", None)
+        if close_model is not None:
+            close_model()
 
     # --- scheduling --------------------------------------------------------------------
 
@@ -426,7 +436,8 @@ class Engine:
         index = len(it.slots[stage])
         config_id = _config_id(it.index, stage, index)
         trainer_config = self.space.trainer_config(proposal.values)
-        self._append({
+        # Written together with the trial's "started" event, which always follows.
+        self._deferred.append({
             "event": "sampled", "config_id": config_id, "iteration": it.index,
             "budget": it.bracket.budgets[stage], "config": proposal.values,
             "trainer_config": trainer_config,
@@ -441,9 +452,10 @@ class Engine:
 
     def _start(self, trial: _Trial) -> TrialRequest:
         attempt = trial.attempt + 1
-        self._append({"event": "started", "trial_id": trial.trial_id,
-                      "config_id": trial.config_id, "kind": trial.kind,
-                      "budget": trial.budget, "attempt": attempt})
+        deferred, self._deferred = self._deferred, []
+        self._append(*deferred, {"event": "started", "trial_id": trial.trial_id,
+                                 "config_id": trial.config_id, "kind": trial.kind,
+                                 "budget": trial.budget, "attempt": attempt})
         self._apply_started(trial, attempt)
         logger.info("Trial %s at %s started (attempt %d).", trial.trial_id,
                     _seconds(trial.budget), attempt)
@@ -617,12 +629,18 @@ class Engine:
 
     _last_time: float = 0.0
 
-    def _append(self, event: dict[str, Any]) -> None:
+    def _append(self, *events: dict[str, Any]) -> None:
+        """Make ``events`` durable, together when the ledger can (one fsync for both)."""
         now = float(self.clock())
-        event = {**event, "time": now}
-        self.ledger.append(event)
+        stamped = [{**e, "time": now} for e in events]
+        append_many = getattr(self.ledger, "append_many", None)
+        if len(stamped) > 1 and append_many is not None:
+            append_many(stamped)
+        else:
+            for event in stamped:
+                self.ledger.append(event)
         self._last_time = now
-        if event["event"] == "session_started" or not self._sessions:
+        if stamped[0]["event"] == "session_started" or not self._sessions:
             self._sessions.append((now, now))
         else:
             start, _ = self._sessions[-1]

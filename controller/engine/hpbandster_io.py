@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from controller.engine.core import Engine
 
 
@@ -26,8 +25,7 @@ def _write_lines(path: Path, lines: list[Any]) -> None:
         for line in lines:
             handle.write(json.dumps(line, allow_nan=False))
             handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    # No fsync: the files are derived from the ledger and rewritten on every start.
     os.replace(tmp, path)
 
 

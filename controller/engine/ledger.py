@@ -38,6 +38,12 @@ class Ledger(Protocol):
     def read_all(self) -> list[dict[str, Any]]: ...
 
 
+class BatchLedger(Ledger, Protocol):
+    """A ledger that can also make several events durable at once (optional)."""
+
+    def append_many(self, events: list[Mapping[str, Any]]) -> None: ...
+
+
 def check_plain(value: object, path: str = "event") -> None:
     """Raise ``TypeError`` unless ``value`` is plain JSON data made of exact builtin types."""
     kind = type(value)
@@ -76,9 +82,12 @@ class MemoryLedger:
         self._lock = threading.Lock()
 
     def append(self, event: Mapping[str, Any]) -> None:
-        line = encode(event)
+        self.append_many([event])
+
+    def append_many(self, events: list[Mapping[str, Any]]) -> None:
+        lines = [encode(event) for event in events]
         with self._lock:
-            self.events.append(json.loads(line))
+            self.events.extend(json.loads(line) for line in lines)
 
     def read_all(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -97,6 +106,7 @@ class JsonlLedger:
         self.path = path
         self.fsync = fsync
         self._lock = threading.Lock()
+        self._fd: int | None = None
         self._repair()
 
     def _repair(self) -> None:
@@ -116,18 +126,26 @@ class JsonlLedger:
             os.fsync(handle.fileno())
 
     def append(self, event: Mapping[str, Any]) -> None:
-        line = (encode(event) + "\n").encode()
+        self.append_many([event])
+
+    def append_many(self, events: list[Mapping[str, Any]]) -> None:
+        """Write the events' lines in one ``write`` and one ``fsync``."""
+        data = "".join(encode(event) + "\n" for event in events).encode()
         with self._lock:
-            # O_APPEND makes every write land at the end, even with another writer.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._fd is None:
+                # O_APPEND makes every write land at the end, even with another writer.
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self.fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def read_all(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.path):

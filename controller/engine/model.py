@@ -16,7 +16,8 @@ The adapter keeps hpbandster's untyped world in one place:
   global one), so a seeded search does not disturb, and is not disturbed by, other code;
 - it returns configurations as plain Python values (see :class:`controller.space.SearchSpace`).
 
-It is not thread-safe by itself; :mod:`controller.engine.sampler` serialises access.
+It is not thread-safe by itself; :mod:`controller.engine.sampler` serialises access. The
+engine runs it in a child process when it samples ahead (:mod:`controller.engine.model_server`).
 
 .. note::
    hpbandster 0.7.4 calls ConfigSpace methods deprecated in ConfigSpace 1.x; those

@@ -6,11 +6,14 @@ when a worker asks, so the worker waits that long every time. Here a background 
 keeps a small buffer of proposals (one per parallel trial) and absorbs finished results
 into the model, so :meth:`PrefetchSampler.take` only pops from a list.
 
-Freshness: a proposal drawn before the latest results were absorbed is *stale*. The
-thread replaces stale proposals one at a time, newest model first, but a stale proposal
-is still handed out when it is all there is: a free worker never waits for the model.
-This matches what hpbandster's master does with several workers, where proposals are
-drawn while other results are still in flight.
+Freshness: a buffered proposal may predate the last few results (at most about one per
+parallel trial), much as in hpbandster's master with several workers, where proposals
+are drawn while other results are in flight; one result among dozens barely moves a
+KDE, and re-sampling for every result would spend the model's CPU time where it is
+scarcest. A proposal is *stale* only when the model has since gained a KDE on another
+budget (notably the first one, which turns prior samples into model-based ones); stale
+proposals are replaced one at a time, but still handed out when they are all there is:
+a free worker never waits for the model.
 
 :class:`InlineSampler` samples on demand instead, for single-threaded callers and tests
 that need reproducible sequences.
@@ -28,9 +31,25 @@ from typing import TYPE_CHECKING, Protocol
 from controller.space import Value
 
 if TYPE_CHECKING:
-    from controller.engine.model import BohbModel, Proposal
+    from controller.engine.model import Proposal
 
 logger = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """BOHB's model, in this process (:class:`~controller.engine.model.BohbModel`) or in a
+    child process (:class:`~controller.engine.model_server.ModelProcess`)."""
+
+    observations: int
+
+    @property
+    def model_budgets(self) -> list[float]: ...
+
+    def observe(self, values: Mapping[str, Value], budget: float, loss: float) -> None: ...
+
+    def propose(self) -> Proposal: ...
+
+    def reseed(self, seed: int) -> None: ...
 
 
 class Sampler(Protocol):
@@ -69,7 +88,7 @@ class SamplerStats:
 class InlineSampler:
     """Samples in the caller's thread; deterministic for a given seed and call order."""
 
-    def __init__(self, model: BohbModel) -> None:
+    def __init__(self, model: Model) -> None:
         self.model = model
         self.stats = SamplerStats()
 
@@ -95,13 +114,13 @@ class InlineSampler:
 @dataclass
 class _Buffered:
     proposal: Proposal
-    version: int
+    level: int  # How many budgets had a KDE when it was drawn.
 
 
 class PrefetchSampler:
     """A background thread that owns the model, absorbs results and samples ahead."""
 
-    def __init__(self, model: BohbModel, target: int = 1,
+    def __init__(self, model: Model, target: int = 1,
                  on_ready: Callable[[], None] | None = None) -> None:
         self.model = model
         self.stats = SamplerStats()
@@ -110,7 +129,7 @@ class PrefetchSampler:
         self._cond = threading.Condition()
         self._buffer: list[_Buffered] = []
         self._pending: list[tuple[dict[str, Value], float, float]] = []
-        self._version = 0
+        self._level = 0
         self._busy = False
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="bohb-sampler", daemon=True)
@@ -124,9 +143,9 @@ class PrefetchSampler:
             if not self._buffer:
                 self.stats.empty_takes += 1
                 return None
-            best = max(range(len(self._buffer)), key=lambda i: self._buffer[i].version)
+            best = max(range(len(self._buffer)), key=lambda i: self._buffer[i].level)
             item = self._buffer.pop(best)
-            if item.version < self._version:
+            if item.level < self._level:
                 self.stats.stale_takes += 1
             self._cond.notify_all()
             return item.proposal
@@ -164,7 +183,7 @@ class PrefetchSampler:
     def _wants_work_locked(self) -> bool:
         if len(self._buffer) < self._target:
             return True
-        return any(item.version < self._version for item in self._buffer)
+        return any(item.level < self._level for item in self._buffer)
 
     def _run(self) -> None:
         while True:
@@ -193,22 +212,20 @@ class PrefetchSampler:
                 self.model.observe(values, budget, loss)
             self.stats.observations += len(pending)
             self.stats.observe_seconds += time.perf_counter() - started
-            if self.model.model_budgets:
-                with self._cond:
-                    self._version += 1
         with self._cond:
             if self._stop or not self._wants_work_locked():
                 return
-            version = self._version
         started = time.perf_counter()
         proposal = self.model.propose()
         self.stats.proposed(proposal, time.perf_counter() - started)
+        level = len(self.model.model_budgets)
         with self._cond:
+            self._level = max(self._level, level)
             if len(self._buffer) >= self._target:
                 # Replace the stalest proposal rather than growing the buffer.
-                oldest = min(range(len(self._buffer)), key=lambda i: self._buffer[i].version)
+                oldest = min(range(len(self._buffer)), key=lambda i: self._buffer[i].level)
                 self._buffer.pop(oldest)
-            self._buffer.append(_Buffered(proposal, version))
+            self._buffer.append(_Buffered(proposal, level))
             self._cond.notify_all()
         if self._on_ready is not None:
             self._on_ready()

@@ -28,6 +28,23 @@ from controller.kube.runner import RunnerSettings, SearchRunner
 logger = logging.getLogger(__name__)
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No change detection: kopf would deep-copy every event's body to compute a diff.
+
+    The handlers here are event handlers only, so nothing ever compares essences; with a
+    1,000-trial status (about 200 KB) the copy would cost more than all the rest.
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 @dataclass
 class OperatorState:
     """What the handlers share: settings, the API client and the runners by search."""
@@ -59,6 +76,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.batch_window = 0.05
     # Namespaces are exact names (no globs): never list or watch Namespace objects.
     settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = _NoDiffBase()
     STATE.client = KubeClient.from_environment()
     if STATE.metrics_port:
         try:

@@ -37,7 +37,7 @@ from controller.kube.client import ApiError, KubeClient, collection_path, object
 logger = logging.getLogger(__name__)
 
 #: Target size of one ConfigMap shard (ConfigMaps hold at most 1 MiB).
-SHARD_BYTES = 256 * 1024
+SHARD_BYTES = 64 * 1024
 #: A single event larger than this cannot be stored (the trainer thins its record first).
 MAX_EVENT_BYTES = 900 * 1024
 DATA_KEY = "events.jsonl"

@@ -154,6 +154,8 @@ class SearchRunner:
         self._fatal: str | None = None  # Why the search must fail now (a template error).
         self._final: Condition | None = None
         self._finished_this_pass = False
+        self._status_wanted: dict[str, Any] | None = None  # Newest status not yet written.
+        self._status_task: asyncio.Task[None] | None = None
 
     # -- feeding the loop ---------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class SearchRunner:
         """Stop the loop and the engine's sampler (the search was deleted, or we exit)."""
         self._stopped = True
         self.wake()
+        if self._status_task is not None:
+            self._status_task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -449,6 +453,15 @@ class SearchRunner:
                 result.outcome)
             if result.outcome.record:
                 self._recorded[result.trial_id] = st.fingerprint(result.outcome.record)
+        # Dispatch latencies live only in the status lines: keep the ones written before.
+        status = self.body.get("status") or {}
+        for key in ("results", "active"):
+            for trial_id, line in _mapping(status.get(key)).items():
+                entry = self.view.get(trial_id)
+                if entry is not None and isinstance(line, str):
+                    dispatch = st.parse_line(line).get("dispatch")
+                    if isinstance(dispatch, float):
+                        entry.setdefault("dispatchSeconds", dispatch)
 
     # -- spec changes -------------------------------------------------------------------
 
@@ -514,9 +527,11 @@ class SearchRunner:
                     self._warn_once(f"{trial_id}/progress", progress.reason,
                                     f"trial {trial_id}: {progress.message}; ignored")
                     _drop(out, trial_id, "progress")
-                elif progress.attempt in (None, flight.request.attempt):
-                    flight.running = True
-                    flight.fraction = progress.fraction
+                else:
+                    if progress.attempt in (None, flight.request.attempt):
+                        flight.running = True
+                        flight.fraction = progress.fraction
+                    _drop(out, trial_id, "progress")  # Read: the summary line shows it.
 
     def _read_result(self, trial_id: str, raw: Any, flight: _InFlight | None,
                      out: _Outbox) -> None:
@@ -773,7 +788,13 @@ class SearchRunner:
         # Events go out before the status patch that erases what they report on, so a
         # crash in between repeats an Event rather than losing it.
         await self._post_events(wait=True)
-        await self._patch_status(self._desired_status(out))
+        self._status_wanted = self._desired_status(out)
+        if self.terminal:
+            await self._write_status()  # The final word, before the engine goes away.
+        elif self._status_task is None or self._status_task.done():
+            # A status write of a big search can take a while on a busy API server; the
+            # next pass (and its dispatches) must not wait for it.
+            self._status_task = asyncio.create_task(self._write_status())
         self._metric_counts()
         if self._finished_this_pass and self.metrics is not None:
             self.metrics.correlations(_losses_by_budget(self.engine))
@@ -870,28 +891,33 @@ class SearchRunner:
     def _desired_status(self, out: _Outbox) -> dict[str, Any]:
         assert self.engine is not None and self.search is not None and self.ledger is not None
         observed = self.body.get("status") or {}
-        observed_trials = observed.get("trials")
-        if not isinstance(observed_trials, Mapping):
-            observed_trials = {}
-        trials: dict[str, Any] = {}
+        results: dict[str, Any] = {}
+        active: dict[str, Any] = {}
         for trial_id, entry in self.view.items():
-            want = dict(entry)
             flight = self.inflight.get(trial_id)
             if flight is not None:
-                want["phase"] = st.RUNNING if flight.running else st.PENDING
+                phase = st.RUNNING if flight.running else st.PENDING
+                active[trial_id] = st.trial_line({**entry, "phase": phase},
+                                                 progress=flight.fraction)
+            elif entry.get("phase") == st.RETRYING:
+                active[trial_id] = st.trial_line(entry)
             else:
-                want.update(progress=None, result=None)  # What trainers wrote is done with.
-            trials[trial_id] = want
-        for trial_id, patch in out.trial_patches.items():
-            if patch is None:
+                results[trial_id] = st.trial_line(entry)
+        for key, lines in (("results", results), ("active", active)):
+            lines.update({trial_id: None for trial_id in _mapping(observed.get(key))
+                          if trial_id not in lines})
+
+        # The inbox: what was read is removed; an ended trial's entry goes entirely.
+        inbox = _mapping(observed.get("trials"))
+        trials: dict[str, Any] = {}
+        for trial_id in inbox:
+            if trial_id not in self.inflight:
                 trials[trial_id] = None
-            elif trials.get(trial_id) is not None:
-                trials[trial_id].update(patch)
+        for trial_id, patch in out.trial_patches.items():
+            if patch is None or trial_id not in self.inflight:
+                trials[trial_id] = None
             else:
                 trials[trial_id] = dict(patch)
-        for trial_id in observed_trials:
-            if trial_id not in self.view:
-                trials[trial_id] = None
 
         succeeded = sum(1 for e in self.view.values() if e.get("phase") == st.SUCCEEDED)
         failed = sum(1 for e in self.view.values() if e.get("phase") == st.FAILED)
@@ -938,6 +964,8 @@ class SearchRunner:
                 "config": st.json_safe(incumbent.config),
             },
             "ledger": {"configMaps": self.ledger.shard_count, "events": self.ledger.count},
+            "results": results,
+            "active": active,
             "trials": trials,
         }
         return desired
@@ -952,6 +980,20 @@ class SearchRunner:
         if search.max_trial_count is not None:
             total = min(total, search.max_trial_count)
         return total + len(search.baselines)
+
+    async def _write_status(self) -> None:
+        """Write the newest wanted status until none is pending (one writer at a time)."""
+        while self._status_wanted is not None:
+            desired, self._status_wanted = self._status_wanted, None
+            try:
+                await self._patch_status(desired)
+            except ApiError as error:
+                logger.info("Search %s: status patch failed (%s); retrying.", self.key, error)
+                if self._status_wanted is None:
+                    self._status_wanted = desired
+                await asyncio.sleep(1.0)
+                if self._stopped:
+                    return
 
     async def _patch_status(self, desired: Mapping[str, Any]) -> None:
         patch = st.merge_patch(self.body.get("status") or {}, desired)
@@ -1090,6 +1132,10 @@ def _drop(out: _Outbox, trial_id: str, *keys: str) -> None:
     patch = out.trial_patches.setdefault(trial_id, {})
     if patch is not None:
         patch.update(dict.fromkeys(keys))
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _owned_by(meta: Mapping[str, Any], uid: str) -> bool:

@@ -314,6 +314,15 @@ def active_deadline(budget: float, trainer: spec_mod.TrainerSpec) -> int:
     return math.ceil(budget * trainer.overrun_factor + trainer.startup_allowance_seconds)
 
 
+def progress_interval(parallel: int) -> float:
+    """Least seconds between one trainer's progress writes: 30, or more for wide searches.
+
+    Every write rewrites the whole status object, so all trainers together stay under
+    about five progress writes per second.
+    """
+    return max(30.0, parallel / 5.0)
+
+
 def trainer_args(trial: TrialJob, search: spec_mod.SearchSpec, template: TrialTemplate,
                  namespace: str, name: str) -> list[str]:
     """The trainer's command line after the template's command."""
@@ -354,6 +363,8 @@ def build_job(owner: Mapping[str, Any], trial: TrialJob, search: spec_mod.Search
         {"name": "NAS_BOHB_TRIAL_ATTEMPT", "value": str(trial.attempt)},
         {"name": "NAS_BOHB_CONFIG_ID", "value": trial.config_id},
         {"name": "NAS_BOHB_BUDGET", "value": budget_text(trial.budget)},
+        {"name": "NAS_BOHB_REPORT_INTERVAL",
+         "value": budget_text(progress_interval(search.parallel_trial_count))},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *[dict(e) for e in template.env],
     ]

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".lock"
+# Seconds between rewrites of the derived result files (hpbandster's, baselines.json).
+_FILES_EVERY = 2.0
 
 
 class RunDirectoryBusy(RuntimeError):
@@ -159,9 +161,11 @@ class LocalExecutor:
                                  on_ready=lambda: self._events.put(_Ready()))
             try:
                 self._reattach()
+                self._write_files()
                 self._loop()
             finally:
                 self.engine.close()
+                ledger.close()
                 self._write_files()
             return self.engine
         finally:
@@ -179,7 +183,8 @@ class LocalExecutor:
     def _loop(self) -> None:
         assert self.engine is not None
         engine = self.engine
-        last_progress = 0.0
+        last_progress = last_files = 0.0
+        dirty = False
         while True:
             if self._stopping is None:
                 self._fill()
@@ -203,9 +208,12 @@ class LocalExecutor:
                     event = self._events.get_nowait()
                 except queue.Empty:
                     event = None
-            if changed:
-                self._write_files()
+            # The result files are derived: rewritten at most every few seconds, and at exit.
             now = time.monotonic()
+            dirty = dirty or changed
+            if dirty and now - last_files >= _FILES_EVERY:
+                self._write_files()
+                dirty, last_files = False, now
             if self.on_progress is not None and (changed or now - last_progress >= 1.0):
                 last_progress = now
                 self.on_progress(self)

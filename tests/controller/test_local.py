@@ -216,8 +216,8 @@ def test_killed_controller_continues_without_losing_or_repeating_work(tmp_path: 
     run_dir = tmp_path / "run"
     log = tmp_path / "starts.log"
     env = {**os.environ, "FAKE_TRAINER_SCALE": "0.4", "FAKE_TRAINER_LOG": str(log)}
-    # Kill -9 after 2, 6 and 10 results (with trainers running), then let it finish.
-    for target in (2, 6, 10):
+    # Kill -9 after 3 and 9 results (with trainers running), then let it finish.
+    for target in (3, 9):
         process = _cli(run_dir, spec_file, env)
         deadline = time.monotonic() + 120
         while _finished_count(run_dir) < target and process.poll() is None:
@@ -234,7 +234,7 @@ def test_killed_controller_continues_without_losing_or_repeating_work(tmp_path: 
     log_events = events(run_dir)
     finished = [e["trial_id"] for e in log_events if e["event"] == "finished"]
     assert len(finished) == len(set(finished)) == 9 + 3 + 1 + 3 + 1 + 3  # brackets 2, 1, 0
-    assert sum(e["event"] == "session_started" for e in log_events) == 3
+    assert sum(e["event"] == "session_started" for e in log_events) == 2
     # No trainer ran twice unless its trial was released in between (none was lost here).
     released = {e["trial_id"] for e in log_events if e["event"] == "released"}
     for trial, count in starts_per_trial(log).items():

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import pytest
 
 from controller.kube import export
+from controller.kube import status as st
 from tests.kube import support
 from tests.kube.conftest import Operators
 
@@ -117,12 +118,12 @@ def test_real_search_on_cifar10_runs_to_succeeded(
         assert any(path.endswith(LOCAL_ARCHIVE.name) for path in served)
 
     # Every trial trained and was evaluated; the status holds each result.
-    trials = status["trials"]
+    trials = {t: st.parse_line(line) for t, line in status["results"].items()}
     assert status["trialsDone"] == status["trialsTotal"] == len(trials) == 4
     for trial_id, entry in trials.items():
         assert entry["phase"] == "Succeeded", (trial_id, entry)
-        assert 0 < entry["validationError"] < 1 and 0 < entry["testError"] < 1
-        assert entry["trainSeconds"] >= entry["budget"] * 0.5
+        assert 0 < entry["val"] < 1 and 0 < entry["test"] < 1
+        assert entry["train"] >= entry["budget"] * 0.5
     incumbent = status["incumbent"]
     assert incumbent["budget"] == 6 and incumbent["trialId"].endswith("-b1")
     assert incumbent["validationError"] == status["bestLoss"]

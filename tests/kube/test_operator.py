@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from controller.kube import status as st
 from tests.kube import support
 from tests.kube.conftest import Operators
 
@@ -86,9 +87,10 @@ def test_search_finishes_despite_controller_kills_and_failing_trials(
     assert status["phase"] == "Succeeded", operators.logs()[-3000:]
 
     # Every trial has a result, and the status agrees with the ledger.
-    trials = status["trials"]
+    trials = {t: st.parse_line(line) for t, line in status["results"].items()}
     assert status["trialsTotal"] == status["trialsDone"] == len(trials) == 17
     assert all(t["phase"] in ("Succeeded", "Failed") for t in trials.values())
+    assert not status.get("active") and not status.get("trials")
     ledger = support.ledger_events(api, ns, name)
     finished = [e["trial_id"] for e in ledger if e["event"] == "finished"]
     assert sorted(finished) == sorted(trials)
@@ -115,6 +117,10 @@ def test_search_finishes_despite_controller_kills_and_failing_trials(
     assert outcome("0-0-5-b0")[:2] == ("Failed", "overrun")
     assert outcome("0-0-6-b0")[:2] == ("Succeeded", "ok")
     assert trials["0-0-6-b0"]["attempt"] >= 2
+    # Dispatch latency is kept across restarts (lost only for a Job created just before a
+    # kill, whose status line was never written).
+    assert all(t["dispatch"] >= 0 for t in trials.values() if "dispatch" in t)
+    assert sum("dispatch" in t for t in trials.values()) >= len(trials) // 2
     assert status["trialsFailed"] == 5
 
     reasons = collections.Counter(e["reason"] for e in support.events(api, ns, name))
@@ -127,6 +133,7 @@ def test_search_finishes_despite_controller_kills_and_failing_trials(
     incumbent = status["incumbent"]
     assert incumbent["budget"] == 9
     assert 0 < incumbent["validationError"] < incumbent["testError"] < 1
+    assert trials[incumbent["trialId"]]["val"] == incumbent["validationError"]
     assert status["bestLoss"] == incumbent["validationError"]
     support.wait_for(lambda: not support.jobs(api, ns), 60, "finished Jobs to be deleted")
     stored = json.dumps(ledger) + json.dumps(status)
@@ -148,7 +155,8 @@ def test_too_many_failures_fail_the_search_and_stop_running_trials(
     assert status["reason"] == "MaxFailedTrialCountExceeded"
     assert any(c["type"] == "Failed" and c["status"] == "True" for c in status["conditions"])
     assert status["trialsFailed"] == 2
-    cancelled = [t for t, e in status["trials"].items() if e["phase"] == "Cancelled"]
+    cancelled = [t for t, line in status["results"].items()
+                 if st.parse_line(line)["phase"] == "Cancelled"]
     assert sorted(cancelled) == ["0-0-0-b0", "0-0-1-b0"]
     # The hanging trainers' Jobs and pods are gone: no GPU stays busy.
     support.wait_for(lambda: not support.jobs(api, ns), 60, "every Job to be deleted")
@@ -199,16 +207,17 @@ def test_spec_errors_trainer_access_and_edits_while_running(
     assert _patch_as(f"{base}{searches}/alpha", token, ca, {"spec": {"seed": 9}}) == 403
     assert _patch_as(f"{base}{searches}/alpha/status", token, ca, probe) == 200
     # ... and what it writes for a trial that does not exist is removed, with an Event.
-    support.wait_for(lambda: "9-9-9-b9" not in support.get_search(api, ns, "alpha")
-                     ["status"].get("trials", {}), 60, "the unknown trial entry to go")
+    support.wait_for(lambda: "9-9-9-b9" not in (support.get_search(api, ns, "alpha")
+                                                 ["status"].get("trials") or {}), 60,
+                     "the unknown trial entry to go")
     support.wait_for(lambda: any(e["reason"] == "UnknownTrialReport"
                                  for e in support.events(api, ns, "alpha")), 30,
                      "an UnknownTrialReport event")
 
     # A second result written for a finished trial is ignored, with an Event.
     def first_done() -> tuple[str, dict[str, Any]] | None:
-        trials = support.get_search(api, ns, "alpha")["status"].get("trials", {})
-        done = [(t, e) for t, e in trials.items() if e.get("phase") == "Succeeded"]
+        results = support.get_search(api, ns, "alpha")["status"].get("results") or {}
+        done = [(t, st.parse_line(line)) for t, line in results.items()]
         return done[0] if done else None
 
     trial, entry = support.wait_for(first_done, 120, "alpha's first finished trial")
@@ -218,8 +227,10 @@ def test_spec_errors_trainer_access_and_edits_while_running(
     support.wait_for(lambda: any(e["reason"] == "LateReport"
                                  for e in support.events(api, ns, "alpha")), 60,
                      "a LateReport event")
-    kept = support.get_search(api, ns, "alpha")["status"]["trials"][trial]
-    assert kept["validationError"] == entry["validationError"] and "result" not in kept
+    support.wait_for(lambda: trial not in (support.get_search(api, ns, "alpha")["status"]
+                                           .get("trials") or {}), 60, "the late result to go")
+    kept = support.get_search(api, ns, "alpha")["status"]["results"][trial]
+    assert st.parse_line(kept)["val"] == entry["val"] != 0.01
 
     # Parallelism is a knob: raised while the search runs, more trials run at once.
     api.patch(f"{searches}/alpha", {"spec": {"parallelTrialCount": 4}}, strategic=False)

@@ -98,6 +98,29 @@ class TestMergePatch:
         assert flipped[0]["status"] == "False"
 
 
+class TestTrialLines:
+    def test_a_finished_trial_line_reads_back(self) -> None:
+        entry = {"phase": "Succeeded", "outcome": "ok", "budget": 1200.0, "attempt": 2,
+                 "validationError": 0.0912, "testError": 0.0955, "trainSeconds": 1201.34,
+                 "dispatchSeconds": 0.2141}
+        line = st.trial_line(entry)
+        assert line == ("Succeeded outcome=ok budget=1200 attempt=2 val=0.0912 test=0.0955 "
+                        "train=1201.3 dispatch=0.214")
+        assert st.parse_line(line) == {"phase": "Succeeded", "outcome": "ok", "budget": 1200,
+                                       "attempt": 2, "val": 0.0912, "test": 0.0955,
+                                       "train": 1201.3, "dispatch": 0.214}
+
+    def test_a_failure_message_with_spaces_and_equals_signs_survives(self) -> None:
+        line = st.trial_line({"phase": "Failed", "outcome": "crashed", "budget": 400,
+                              "message": "exit code 1:  x = y\nTraceback"})
+        assert st.parse_line(line)["message"] == "exit code 1: x = y Traceback"
+
+    def test_a_running_trial_line_shows_its_progress(self) -> None:
+        line = st.trial_line({"phase": "Running", "budget": 400, "attempt": 1}, progress=0.456)
+        assert line == "Running budget=400 progress=46%"
+        assert st.parse_line(line)["progress"] == 0.46
+
+
 class TestFailureClassification:
     @staticmethod
     def make_pod(terminated: dict[str, Any] | None = None, reason: str | None = None

@@ -21,6 +21,12 @@ from trainer import data as data_mod
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 LOCAL_ARCHIVE_MD5 = "de808eed20bae32db8b324f967887cf8"
+# The result record's fields, as docs/architecture.md lists them.
+RECORD_FIELDS = {
+    "status", "validation_error", "test_error", "validation_loss", "train_loss",
+    "budget_seconds", "train_seconds", "wall_seconds", "epochs", "steps", "n_params",
+    "learning_curve", "device", "torch_version", "trainer_version", "seed", "config", "message",
+}
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:

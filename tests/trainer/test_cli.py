@@ -11,8 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.conftest import REPO, make_archive, make_cifar, make_config, write_batches
-from tests.trainer.test_train import RECORD_FIELDS
+from tests.trainer.conftest import (
+    RECORD_FIELDS,
+    REPO,
+    make_archive,
+    make_cifar,
+    make_config,
+    write_batches,
+)
 from trainer import cli
 
 

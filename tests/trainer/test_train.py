@@ -11,15 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.trainer.conftest import make_archive, make_cifar, make_config
+from tests.trainer.conftest import RECORD_FIELDS, make_archive, make_cifar, make_config
 from trainer import data as data_mod
 from trainer import model, params, schedule, train
 
-RECORD_FIELDS = {
-    "status", "validation_error", "test_error", "validation_loss", "train_loss",
-    "budget_seconds", "train_seconds", "wall_seconds", "epochs", "steps", "n_params",
-    "learning_curve", "device", "torch_version", "trainer_version", "seed", "config", "message",
-}
 CURVE_FIELDS = {"epoch", "train_seconds", "lr", "train_loss", "validation_error"}
 # make_cifar(320): 288 training images, 9 steps of 32 per epoch.
 STEPS_PER_EPOCH = 9
