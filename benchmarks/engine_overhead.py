@@ -18,7 +18,7 @@ ledger writes included), and the cost of one model-based proposal (hpbandster's 
 sampling; in hpbandster's master a worker waits for it, in ours a background thread
 pays it). Usage::
 
-    python benchmarks/engine_overhead.py [--workers 4] [--iterations 16] [--scale 0.1]
+    python benchmarks/engine_overhead.py [--workers 4] [--iterations 8] [--scale 0.5]
 
 The end of every search has a structural tail (the last rung runs fewer trials than
 there are workers) that no scheduler can fill; it counts against both engines alike.
@@ -236,8 +236,8 @@ def ledger_append_seconds(appends: int = 40) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=16)
-    parser.add_argument("--scale", type=float, default=0.1,
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--scale", type=float, default=0.5,
                         help="seconds of sleep per budget unit (budgets are 1, 3, 9, 27)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=("engine", "hpbandster"))

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
@@ -148,6 +149,33 @@ def _plan_lines(spec: spec_mod.SearchSpec) -> list[str]:
     return lines
 
 
+def _prepare_data(spec: spec_mod.SearchSpec, data: Any) -> str | None:
+    """Fetch, verify and cache CIFAR-10 once, before any trial; the reason if that fails.
+
+    A wrong checksum or an unreachable URL is a problem of the search, not of a
+    configuration: without this check every trial would fail alike and count against the
+    model. Runs only with the built-in trainer (a custom ``trainer.command`` may not know
+    ``--prepare-data``). Nothing in the run directory is touched.
+    """
+    if spec.trainer.command:
+        return None
+    command = [sys.executable, "-m", "trainer", "--prepare-data"]
+    if data.data:
+        command += ["--data", data.data]
+    if data.md5:
+        command += ["--data-md5", data.md5]
+    if data.cache_dir:
+        command += ["--cache-dir", data.cache_dir]
+    logger.info("Checking the dataset once before any trial starts.")
+    done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False)
+    if done.returncode == 0:
+        return None
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("trainer: error:")]
+    reason = lines[-1].removeprefix("trainer: error: ") if lines else done.stderr.strip()[-500:]
+    return f"the dataset is not usable: {reason}"
+
+
 def _search(args: argparse.Namespace) -> int:
     from controller.local import devices
     from controller.local.executor import LocalExecutor, RunDirectoryBusy, read_baselines
@@ -174,6 +202,12 @@ def _search(args: argparse.Namespace) -> int:
         logger.info(line)
     logger.info("Trials run on %s; data from %s.",
                 ", ".join(s.describe() for s in slots), data.data or "the trainer's default")
+
+    problem = _prepare_data(spec, data)
+    if problem is not None:
+        view.close()
+        print(f"nas-bohb search: error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
 
     executor = LocalExecutor(
         spec, run_dir, slots,
@@ -239,7 +273,7 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     progress = engine.progress()
     pid = holder(args.dir)
-    name = spec.name or args.dir.name
+    name = events[0].get("name") or args.dir.name
     if args.json:
         payload = progress.to_dict()
         payload["controller_pid"] = pid

@@ -36,12 +36,18 @@ EXIT_OK, EXIT_CRASH, EXIT_INVALID = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.prepare_data:
+        return _prepare_data(args)
+    missing = [f"--{n}" for n in ("config", "budget", "output") if getattr(args, n) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     # Refuse bad input before any data is loaded or the reporter is started.
     try:
         config = params.validate_config(_read_config(args.config))
@@ -104,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train one configuration of the joint space on CIFAR-10 for a budget of "
         "training seconds and write its result record (JSON).",
     )
-    p.add_argument("--config", required=True, help="configuration: a JSON file or inline JSON")
-    p.add_argument("--budget", required=True, type=_positive_float, help="training seconds")
+    p.add_argument("--config", help="configuration: a JSON file or inline JSON (required)")
+    p.add_argument("--budget", type=_positive_float, help="training seconds (required)")
     p.add_argument(
         "--data",
         default=data_mod.default_source(),
@@ -121,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         default=str(data_mod.default_cache_dir()),
         help="where extracted data is cached (default: $NAS_BOHB_CACHE, else ~/.cache/nas-bohb)",
     )
-    p.add_argument("--output", required=True, type=Path, help="where to write the record")
+    p.add_argument("--output", type=Path, help="where to write the record (required)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument(
@@ -141,7 +147,25 @@ def _parser() -> argparse.ArgumentParser:
         default=schedule.PAPER_MIN_PERIOD,
         help="shortest first SGDR period in seconds (default 400, the paper's table)",
     )
+    p.add_argument(
+        "--prepare-data",
+        action="store_true",
+        help="only fetch, verify and cache the dataset, then exit (0 ready, 2 bad data, "
+        "1 unreachable); needs no --config, --budget or --output",
+    )
     return p
+
+
+def _prepare_data(args: argparse.Namespace) -> int:
+    """Fetch, check and cache CIFAR-10 once, so a search can refuse bad data before trials."""
+    try:
+        data_mod.load_cifar10(args.data, md5=args.data_md5, cache_dir=args.cache_dir)
+    except data_mod.DataUnavailable as exc:
+        print(f"trainer: error: {exc}", file=sys.stderr)
+        return EXIT_CRASH
+    except data_mod.DataError as exc:
+        return _invalid(str(exc))
+    return EXIT_OK
 
 
 def _positive_float(text: str) -> float:

@@ -185,7 +185,8 @@ class Engine:
                 self._model.reseed(self._seed(f"session/{len(events)}"))
         else:
             self._append({"event": "search_started", "spec": spec.to_dict(),
-                          "fingerprint": spec.fingerprint(), "version": __version__})
+                          "name": spec.name, "fingerprint": spec.fingerprint(),
+                          "version": __version__})
         if self._model is not None:
             if prefetch:
                 self._sampler = PrefetchSampler(self._model, spec.parallel_trial_count,

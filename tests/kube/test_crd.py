@@ -49,7 +49,7 @@ _DELETE = object()
     pytest.param("dataset.md5", "not-a-checksum", id="bad-md5"),
     pytest.param("searchSpace", {"parameters": [{"name": "lr", "type": "bool"}]},
                  id="unknown-parameter-type"),
-    pytest.param("trialTemplate.image", _DELETE, id="no-image"),
+    pytest.param("trialTemplate.image", "", id="empty-image"),
     pytest.param("bohb.topNPercent", 150, id="top-n-above-99"),
 ])
 def test_malformed_spec_is_refused_when_applied(operator_install: support.OperatorInstall,
