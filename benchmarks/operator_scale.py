@@ -5,13 +5,14 @@ What it runs: a local Kubernetes control plane (``tests.cluster``; or the cluste
 process authenticated as its ServiceAccount, and simulate-mode nodes with enough
 ``nvidia.com/gpu`` for ``--parallel`` trials. One ``JointSearch`` of ``--trials`` trials
 (budgets 1, 3, 9 and 27 units, Hyperband's eta 3) runs with ``parallelTrialCount =
---parallel``. A simulated trial runs ``budget x --unit-seconds`` seconds, and shortly
-before its pod ends, writes its result into the search's status with its own trainer
-ServiceAccount token through :mod:`trainer.report`, as a trainer pod would.
+--parallel``. A simulated trial runs ``budget x --unit-seconds`` seconds (+-20 %, fixed
+per trial) and halfway through writes its result into the search's status with its own
+trainer ServiceAccount token through :mod:`trainer.report`, as a trainer pod would.
 
-What it prints: the operator's CPU seconds and peak memory (from ``/proc``), dispatch
-latency per trial (``status.trials.*.dispatchSeconds``: from the event that freed a slot
-to the Job's creation; median and 99th percentile), the operator's API calls per trial
+What it prints: the operator's CPU seconds and peak memory (from ``/proc``; alone, and
+with its children: the engine runs BOHB's model in a child process), dispatch latency per
+trial (``dispatch=`` of the status lines: from the event that freed a slot to the Job's
+creation; median and 99th percentile), the outcomes, the operator's API calls per trial
 (counted by its client), all API server requests per trial (from the server's
 ``apiserver_request_total``), the most trials seen in flight, and the size of the
 status and of the ledger ConfigMaps at the end.
@@ -85,7 +86,9 @@ class Reports:
     def hook(self, pod: dict[str, Any]) -> tuple[float, int]:
         """Simulate-mode hook: the pod runs ``budget x unit`` s; its result comes just before."""
         env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
-        seconds = float(env["NAS_BOHB_BUDGET"]) * self.unit_seconds
+        # Trainers are not all equally fast: +-20 %, fixed per trial.
+        spread = 0.8 + 0.4 * (zlib.crc32(env["NAS_BOHB_TRIAL_ID"].encode()) % 1000) / 1000
+        seconds = float(env["NAS_BOHB_BUDGET"]) * self.unit_seconds * spread
         with self.lock:
             self.counter += 1
             # The result goes out halfway: a real trainer reports before its process ends.

@@ -344,7 +344,7 @@ class SearchRunner:
                               f"{request.attempt}: {reason}; it will run again")
         self._rebuild_view(engine)
         free = max(self._parallel - len(self.inflight), 0)
-        self._triggers.extend([self.clock()] * free)
+        self._triggers = collections.deque([self.clock()] * free)
         self._start_metrics(engine)
         logger.info("Search %s: engine ready (%d ledger events, %d trials running, %d Jobs "
                     "found).", self.key, count, len(self.inflight), len(self.jobs))
@@ -457,11 +457,11 @@ class SearchRunner:
         status = self.body.get("status") or {}
         for key in ("results", "active"):
             for trial_id, line in _mapping(status.get(key)).items():
-                entry = self.view.get(trial_id)
-                if entry is not None and isinstance(line, str):
+                known = self.view.get(trial_id)
+                if known is not None and isinstance(line, str):
                     dispatch = st.parse_line(line).get("dispatch")
                     if isinstance(dispatch, float):
-                        entry.setdefault("dispatchSeconds", dispatch)
+                        known.setdefault("dispatchSeconds", dispatch)
 
     # -- spec changes -------------------------------------------------------------------
 
@@ -982,26 +982,53 @@ class SearchRunner:
         return total + len(search.baselines)
 
     async def _write_status(self) -> None:
-        """Write the newest wanted status until none is pending (one writer at a time)."""
+        """Write the newest wanted status until none is pending (one writer at a time).
+
+        Writes are spaced by at least the time the last one took (and half a second), so
+        that on a busy API server the operator's writes, which are the largest, leave
+        room for the trainers' reports instead of competing with them.
+        """
         while self._status_wanted is not None:
             desired, self._status_wanted = self._status_wanted, None
+            began = time.monotonic()
             try:
                 await self._patch_status(desired)
             except ApiError as error:
                 logger.info("Search %s: status patch failed (%s); retrying.", self.key, error)
                 if self._status_wanted is None:
                     self._status_wanted = desired
-                await asyncio.sleep(1.0)
-                if self._stopped:
-                    return
+            if self._stopped:
+                return
+            await asyncio.sleep(max(0.5, time.monotonic() - began))
 
-    async def _patch_status(self, desired: Mapping[str, Any]) -> None:
-        patch = st.merge_patch(self.body.get("status") or {}, desired)
-        if not patch:
+    async def _patch_status(self, desired: Mapping[str, Any], attempts: int = 4) -> None:
+        """Merge-patch the status, on the condition that nobody wrote since we read it.
+
+        With the resourceVersion as a precondition a conflict comes back at once as a 409
+        (then we read afresh and try again), instead of being retried inside the API
+        server, where concurrent trainer reports would make every retry conflict again.
+        It also makes removing read inbox entries safe: nothing unseen is removed.
+        """
+        for _ in range(attempts):
+            patch = st.merge_patch(self.body.get("status") or {}, desired)
+            if not patch:
+                return
+            version = (self.body.get("metadata") or {}).get("resourceVersion")
+            try:
+                stored = await self.client.merge_patch(self._search_path("status"), {
+                    "metadata": {"resourceVersion": version}, "status": patch})
+            except ApiError as error:
+                if not error.conflict:
+                    raise
+                fresh = await self.client.get(self._search_path())
+                if _newer(self.body, fresh):
+                    self.body = fresh
+                continue
+            if _newer(self.body, stored):
+                self.body = stored
             return
-        stored = await self.client.merge_patch(self._search_path("status"), {"status": patch})
-        if _newer(self.body, stored):
-            self.body = stored
+        raise ApiError(409, "PATCH", self._search_path("status"),
+                       f"the status changed under {attempts} writes in a row")
 
     # -- events and metrics ----------------------------------------------------------
 
