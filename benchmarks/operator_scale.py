@@ -4,10 +4,12 @@ What it runs: a local Kubernetes control plane (``tests.cluster``; or the cluste
 ``--kubeconfig``), the CRD and RBAC from ``manifests/``, the operator as a separate
 process authenticated as its ServiceAccount, and simulate-mode nodes with enough
 ``nvidia.com/gpu`` for ``--parallel`` trials. One ``JointSearch`` of ``--trials`` trials
-(budgets 1, 3, 9 and 27 units, Hyperband's eta 3) runs with ``parallelTrialCount =
---parallel``. A simulated trial runs ``budget x --unit-seconds`` seconds (+-20 %, fixed
-per trial) and halfway through writes its result into the search's status with its own
-trainer ServiceAccount token through :mod:`trainer.report`, as a trainer pod would.
+(budgets 1, 3 and 9 units, Hyperband's eta 3) runs with ``parallelTrialCount =
+--parallel``. A simulated trial trains ``budget x --unit-seconds`` seconds (+-50 %, fixed
+per trial), then writes its result into the search's status with its own trainer
+ServiceAccount token through :mod:`trainer.report`, as a trainer pod would, and its pod
+ends when the operator deletes the Job (or, if the result never got through, after the
+reporter's deadline).
 
 What it prints: the operator's CPU seconds and peak memory (from ``/proc``; alone, and
 with its children: the engine runs BOHB's model in a child process), dispatch latency per
@@ -60,6 +62,8 @@ from tests.kube import support  # noqa: E402
 from trainer import report  # noqa: E402
 
 NAME = "scale"
+#: How long a simulated trainer keeps trying to deliver its result (the reporter's own).
+REPORT_DEADLINE = 120.0
 
 
 @dataclass
@@ -82,21 +86,23 @@ class Reports:
     counter: int = 0
     stopped: bool = False
     ssl_context: Any = None
+    write_seconds: list[float] = field(default_factory=list)
 
     def hook(self, pod: dict[str, Any]) -> tuple[float, int]:
         """Simulate-mode hook: the pod runs ``budget x unit`` s; its result comes just before."""
         env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
-        # Trainers are not all equally fast: +-20 %, fixed per trial.
-        spread = 0.8 + 0.4 * (zlib.crc32(env["NAS_BOHB_TRIAL_ID"].encode()) % 1000) / 1000
+        # Trainers are not all equally fast: +-50 %, fixed per trial.
+        spread = 0.5 + (zlib.crc32(env["NAS_BOHB_TRIAL_ID"].encode()) % 1000) / 1000
         seconds = float(env["NAS_BOHB_BUDGET"]) * self.unit_seconds * spread
         with self.lock:
             self.counter += 1
-            # The result goes out halfway: a real trainer reports before its process ends.
-            heapq.heappush(self.heap, (time.monotonic() + seconds * 0.5, self.counter, env))
+            heapq.heappush(self.heap, (time.monotonic() + seconds, self.counter, env))
             self.running += 1
             self.most_running = max(self.most_running, self.running)
             self.lock.notify()
-        return seconds, 0
+        # A real trainer exits only after its report went through (or its reporter gave up,
+        # REPORT_DEADLINE later); the operator deletes the Job as soon as it has the result.
+        return seconds + REPORT_DEADLINE + 10, 0
 
     def finished(self, pod: dict[str, Any]) -> None:
         with self.lock:
@@ -130,15 +136,17 @@ class Reports:
             search=env["NAS_BOHB_SEARCH_NAME"], trial_id=env["NAS_BOHB_TRIAL_ID"],
             attempt=int(env["NAS_BOHB_TRIAL_ATTEMPT"]),
             token_path=self.token_path(env["NAS_BOHB_SEARCH_NAME"]), ca_path=self.ca_file,
-            deadline_seconds=60)
+            deadline_seconds=REPORT_DEADLINE)
         # A made-up validation error that improves with the budget, differs by config.
         noise = (zlib.crc32(env["NAS_BOHB_CONFIG_ID"].encode()) % 1000) / 5000
         error = round(min(0.9, 0.1 + noise + 0.5 / math.sqrt(budget)), 5)
         reporter = report.KubeReporter(target, ssl_context=self.ssl_context)
+        began = time.monotonic()
         reporter.on_result({"status": "ok", "validation_error": error,
                             "test_error": error + 0.01, "budget_seconds": budget,
                             "train_seconds": budget, "epochs": 1.0, "learning_curve": []})
         with self.lock:
+            self.write_seconds.append(time.monotonic() - began)
             if reporter.stats.sent:
                 self.sent += 1
             else:
@@ -207,7 +215,7 @@ def _spec(trials: int, parallel: int) -> dict[str, Any]:
         "apiVersion": "nas-bohb.io/v1alpha1", "kind": "JointSearch",
         "metadata": {"name": NAME},
         "spec": {
-            "budgets": {"min": 1, "max": 27, "eta": 3},
+            "budgets": {"min": 1, "max": 9, "eta": 3},
             "maxIterations": 1000,
             "maxTrialCount": trials,
             "parallelTrialCount": parallel,
@@ -280,6 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         stderr=subprocess.STDOUT,
                                         preexec_fn=simnode.die_with_parent_preexec())
         usage = Usage()
+        dispatch_seen: dict[str, float] = {}  # status.results keeps only the latest lines.
         most_in_flight = 0
         status_bytes_max = 0
         started = time.monotonic()
@@ -291,6 +300,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 usage.sample(operator.pid)
                 body = support.get_search(api, namespace, NAME)
                 status = body.get("status") or {}
+                for key in ("results", "active"):
+                    for trial_id, line in (status.get(key) or {}).items():
+                        value = kube_status.parse_line(line).get("dispatch")
+                        if isinstance(value, float):
+                            dispatch_seen[trial_id] = value
                 most_in_flight = max(most_in_flight, status.get("trialsRunning", 0))
                 status_bytes_max = max(status_bytes_max, len(json.dumps(
                     status, separators=(",", ":"))))
@@ -319,11 +333,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         requests = _apiserver_requests(api) - requests_before
 
         status = body.get("status") or {}
-        lines = [kube_status.parse_line(line) for key in ("results", "active")
-                 for line in (status.get(key) or {}).values()]
         done = status.get("trialsDone", 0)
-        dispatch = [t["dispatch"] for t in lines if isinstance(t.get("dispatch"), float)]
-        outcomes = collections.Counter(t.get("outcome", t["phase"]) for t in lines)
+        dispatch = list(dispatch_seen.values())
+        ledger_events = support.ledger_events(api, namespace, NAME)
+        outcomes = collections.Counter(e["outcome"]["status"] for e in ledger_events
+                                       if e["event"] == "finished")
         calls_line = re.search(r"API calls made: (\d+) in total \((.*)\)",
                                log_path.read_text(errors="replace"))
         calls = int(calls_line.group(1)) if calls_line else None
@@ -350,6 +364,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ledger_configmaps": len(ledger),
             "ledger_bytes": sum(len(c["data"]["events.jsonl"]) for c in ledger),
             "outcomes": dict(outcomes),
+            "report_write_median_seconds": statistics.median(reports.write_seconds)
+            if reports.write_seconds else None,
+            "report_write_p99_seconds": _percentile(reports.write_seconds, 0.99)
+            if reports.write_seconds else None,
             "reports_sent": reports.sent, "reports_failed": reports.failed,
             "operator_log": str(log_path),
         }
@@ -367,8 +385,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--parallel", type=int, default=300)
-    parser.add_argument("--unit-seconds", type=float, default=10.0,
-                        help="simulated seconds per budget unit (budgets are 1..27 units)")
+    parser.add_argument("--unit-seconds", type=float, default=40.0,
+                        help="simulated seconds per budget unit (budgets are 1, 3, 9 units)")
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting one")

@@ -16,6 +16,7 @@ told about every epoch and the final record; a failing reporter never stops trai
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -212,8 +213,10 @@ def _check_output(path: Path) -> None:
 
 
 def _make_reporter(kind: str) -> Any:
+    # import_module (not ``from trainer import report``) goes through sys.modules, so the
+    # module can be swapped or hidden, and is imported only when a reporter is asked for.
     try:
-        from trainer import report
+        report = importlib.import_module("trainer.report")
     except ImportError as exc:
         raise RuntimeError(f"the reporting module trainer.report is not available ({exc})") from exc
     return report.make_reporter(kind)

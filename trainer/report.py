@@ -384,7 +384,9 @@ class KubeReporter:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=30, context=self._ssl) as response:
+            # Longer than the API server's own request timeout (60 s): giving up earlier would
+            # only send the same write again while the first is still being applied.
+            with urllib.request.urlopen(request, timeout=65, context=self._ssl) as response:
                 response.read()
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode("utf-8", "replace")

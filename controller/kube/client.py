@@ -110,7 +110,7 @@ class KubeClient:
     """Asynchronous JSON requests against one API server, counted by verb and resource."""
 
     def __init__(self, credentials: Credentials, *, concurrency: int = 32,
-                 timeout_seconds: float = 30.0) -> None:
+                 timeout_seconds: float = 65.0) -> None:
         self._credentials = credentials
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)

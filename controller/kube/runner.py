@@ -24,12 +24,12 @@ duplicates nothing: the next operator replays the ledger, adopts the Jobs that e
 (their names are the trial ids plus the attempt) and creates the ones that are missing.
 
 .. note::
-   Dispatch latency (``status.trials.<id>.dispatchSeconds``) is the time from the event
-   that freed a slot (the trainer's ``reported_at`` stamp of the result that ended the
-   previous trial, or the moment the operator saw a failure, the search start or a larger
-   ``parallelTrialCount``) to the answer of the Job's create request. Time the engine
-   spends waiting for results it needs before it can propose anything (a bracket's
-   barrier) is not counted.
+   Dispatch latency (``dispatch=`` in the status lines) is the operator's reaction time:
+   from the moment the event that freed a slot reached it (the watch event carrying a
+   trial's result, a Job's end, the search's start or a larger ``parallelTrialCount``) to
+   the answer of the next Job's create request. Not counted: the time a trainer's result
+   write spends in the API server before the watch delivers it, and the time the engine
+   waits for results it needs before it can propose anything (a bracket's barrier).
 """
 
 from __future__ import annotations
@@ -69,6 +69,10 @@ except ImportError:  # pragma: no cover - metrics ship with the controller extra
 
 #: A result record larger than this (JSON bytes) loses its learning curve before storage.
 MAX_RECORD_BYTES = 64 * 1024
+#: Finished trials shown in ``status.results``: the latest ones (and the incumbent's).
+#: Every write of the status costs the API server time in proportion to its size, and
+#: hundreds of trainers write it; older results stay in the ledger (and in exports).
+RESULT_LINES = 200
 #: Pod reasons that mean the node or the cluster failed the pod, not the trainer.
 _INFRA_POD_REASONS = frozenset({
     "Evicted", "NodeLost", "Preempting", "Shutdown", "Terminated", "NodeShutdown",
@@ -131,11 +135,13 @@ class SearchRunner:
         self.search: spec_mod.SearchSpec | None = None
         self.template: tpl.TrialTemplate | None = None
         self.inflight: dict[str, _InFlight] = {}
-        self.view: dict[str, dict[str, Any]] = {}  # Operator keys of status.trials.<id>.
+        self.view: dict[str, dict[str, Any]] = {}  # What the status says of each trial.
+        self.ended: dict[str, None] = {}  # Ended trials in the order they ended.
         self.terminal = False
         self.metrics: Any = None
         self._wake = asyncio.Event()
         self._woken_at: float | None = None
+        self._observed_at = clock()  # When the event the current pass handles arrived.
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,6 +255,7 @@ class SearchRunner:
         pass_start = self.clock()
         woken_at = self._woken_at or pass_start
         self._woken_at = None
+        self._observed_at = woken_at
         body = self.body
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
@@ -431,6 +438,7 @@ class SearchRunner:
     def _rebuild_view(self, engine: Engine) -> None:
         """The operator's part of ``status.trials`` from the ledger (after a (re)start)."""
         self.view.clear()
+        self.ended.clear()
         self._recorded.clear()
         assert self.ledger is not None
         for event in self.ledger.read_all():
@@ -447,10 +455,12 @@ class SearchRunner:
             entry.update(configId=request.config_id, budget=request.budget,
                          attempt=request.attempt, phase=st.PENDING,
                          job=tpl.job_name(self.name, request.trial_id, request.attempt))
-        for result in [*engine.results(), *engine.baseline_results()]:
+        for result in sorted([*engine.results(), *engine.baseline_results()],
+                             key=lambda r: r.finished):
             self.view[result.trial_id] = self._finished_entry(
                 result.trial_id, result.config_id, result.budget, result.attempt,
                 result.outcome)
+            self.ended[result.trial_id] = None
             if result.outcome.record:
                 self._recorded[result.trial_id] = st.fingerprint(result.outcome.record)
         # Dispatch latencies live only in the status lines: keep the ones written before.
@@ -561,7 +571,7 @@ class SearchRunner:
             return
         record = _bounded(result.record)
         outcome = TrialOutcome.from_record(record)
-        self._finish(trial_id, outcome, out, trigger=result.reported_at)
+        self._finish(trial_id, outcome, out)
         self._recorded[trial_id] = st.fingerprint(record)
 
     # -- 2. Jobs ---------------------------------------------------------------------
@@ -631,8 +641,7 @@ class SearchRunner:
 
     # -- ends of trials ------------------------------------------------------------------
 
-    def _finish(self, trial_id: str, outcome: TrialOutcome, out: _Outbox,
-                trigger: float | None = None) -> None:
+    def _finish(self, trial_id: str, outcome: TrialOutcome, out: _Outbox) -> None:
         """Record an outcome in the engine and plan the status, Event and Job cleanup."""
         assert self.engine is not None
         flight = self.inflight.pop(trial_id)
@@ -641,10 +650,11 @@ class SearchRunner:
         entry = self._finished_entry(trial_id, request.config_id, request.budget,
                                      request.attempt, outcome)
         self.view[trial_id] = entry
+        self.ended[trial_id] = None
         _drop(out, trial_id, "progress", "result")
         if not self._keep_jobs():
             out.delete.add(flight.job_name)
-        self._push_trigger(trigger)
+        self._push_trigger()
         self._finished_this_pass = True
         budget = tpl.budget_text(request.budget)
         if outcome.ok:
@@ -663,7 +673,7 @@ class SearchRunner:
         flight = self.inflight.pop(trial_id)
         self.engine.release(trial_id, reason)
         out.delete.add(flight.job_name)
-        self._push_trigger(None)
+        self._push_trigger()
         abandoned = any(r.trial_id == trial_id for r in
                         [*self.engine.results(), *self.engine.baseline_results()])
         request = flight.request
@@ -673,6 +683,7 @@ class SearchRunner:
             self.view[trial_id] = self._finished_entry(trial_id, request.config_id,
                                                        request.budget, request.attempt,
                                                        outcome)
+            self.ended[trial_id] = None
             out.events.append(("Warning", "TrialFailed", f"trial {trial_id} abandoned after "
                                f"{request.attempt} attempts: {_short(reason)}"))
             self._metric_finished(flight, outcome)
@@ -703,11 +714,9 @@ class SearchRunner:
             entry["dispatchSeconds"] = previous["dispatchSeconds"]
         return entry
 
-    def _push_trigger(self, reported_at: float | None) -> None:
-        now = self.clock()
-        when = reported_at if reported_at is not None and now - 3600 < reported_at <= now \
-            else now
-        self._triggers.append(when)
+    def _push_trigger(self) -> None:
+        """A slot is free since the event this pass is handling arrived."""
+        self._triggers.append(self._observed_at)
         while len(self._triggers) > max(self._parallel, 1):
             self._triggers.popleft()
 
@@ -747,6 +756,7 @@ class SearchRunner:
             out.delete.add(flight.job_name)
             self.view[trial_id] = {**self.view.get(trial_id, {}), "phase": st.CANCELLED,
                                    "message": "cancelled: the search is over", "job": None}
+            self.ended[trial_id] = None
             if self.metrics is not None:
                 self.metrics.trial_finished(flight.request.budget, "cancelled", 0.0)
 
@@ -901,8 +911,13 @@ class SearchRunner:
                                                  progress=flight.fraction)
             elif entry.get("phase") == st.RETRYING:
                 active[trial_id] = st.trial_line(entry)
-            else:
-                results[trial_id] = st.trial_line(entry)
+        incumbent = self.engine.incumbent()
+        shown = list(self.ended)[-RESULT_LINES:]
+        if incumbent is not None and incumbent.trial_id not in shown:
+            shown.append(incumbent.trial_id)
+        for trial_id in shown:
+            if trial_id in self.view:
+                results[trial_id] = st.trial_line(self.view[trial_id])
         for key, lines in (("results", results), ("active", active)):
             lines.update({trial_id: None for trial_id in _mapping(observed.get(key))
                           if trial_id not in lines})
@@ -923,7 +938,6 @@ class SearchRunner:
         failed = sum(1 for e in self.view.values() if e.get("phase") == st.FAILED)
         total = self._planned_trials()
         done = succeeded + failed
-        incumbent = self.engine.incumbent()
         condition = self._final or self.engine.condition()
         phase = st.RUNNING if (self.inflight or done) else st.PENDING
         if self.terminal:
@@ -965,6 +979,7 @@ class SearchRunner:
             },
             "ledger": {"configMaps": self.ledger.shard_count, "events": self.ledger.count},
             "results": results,
+            "resultsOmitted": max(len(self.ended) - len(shown), 0),
             "active": active,
             "trials": trials,
         }

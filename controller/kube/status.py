@@ -11,7 +11,8 @@ Layout (all camelCase, never NaN or infinity)::
       bestLoss                       # the incumbent's validation error
       incumbent: {configId, trialId, budget, validationError, testError, config}
       parallelTrialCount, ledger: {configMaps, events}
-      results:                       # one line per finished trial (the operator writes)
+      results:                       # one line per finished trial, the latest 200 and the
+                                     # incumbent's (resultsOmitted counts the others)
         "0-0-3-b1": "Succeeded outcome=ok budget=1200 val=0.0912 test=0.0955 train=1201.3
                      dispatch=0.214"
         "0-0-4-b0": "Failed outcome=crashed budget=400 dispatch=0.180 message=the trainer
