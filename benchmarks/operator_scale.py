@@ -22,7 +22,7 @@ status and of the ledger ConfigMaps at the end.
     python benchmarks/operator_scale.py                       # 1,000 trials, 300 at once
     python benchmarks/operator_scale.py --trials 300 --json out.json
 
-Measured on a shared 2-core VM (see the report in the pull request); figures vary with
+Measured on a shared 2-core machine (figures in the README); figures vary with
 load. Targets: median dispatch under 1 s, operator memory under 300 MB, status under
 1 MiB at 1,000 trials.
 """

@@ -195,6 +195,12 @@ def _search(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
     run_dir: Path = args.out
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"nas-bohb search: error: --out: cannot use {run_dir} as the run directory: "
+              f"{exc.strerror}", file=sys.stderr)
+        return EXIT_INVALID
     name = spec.name or Path(args.spec).stem
     view = LiveView(sys.stderr, name)
     _setup_logging(view, run_dir, args.verbose)

@@ -239,6 +239,7 @@ class _Run:
         )
 
         curve = record["learning_curve"]
+        reported = 0  # curve points already passed to the progress callback
         lr = float(cfg["learning_rate"])
         per_epoch = max(1, self.n_train // self.batch_size)
         check_every = CHECK_EVERY[dev.type]
@@ -289,6 +290,7 @@ class _Run:
             record["train_loss"] = train_loss
             if not done:
                 self._report(point)
+                reported = len(curve)
 
         # The objective and the reported test error, with the deterministic network.
         val_loss, val_error = self._evaluate(net, "validation")
@@ -300,7 +302,10 @@ class _Run:
         record["test_error"] = test_error
         if curve:
             curve[-1]["validation_error"] = val_error
-            self._report(curve[-1])
+            # One progress call per curve point: a budget spent exactly at an epoch's end
+            # has already reported its last point (the record carries the final error).
+            if reported < len(curve):
+                self._report(curve[-1])
         logger.info(
             "Trained %d steps (%.2f epochs) in %.1f s: validation error %.4f, test error %.4f.",
             self.steps, self.epochs, self.clock.elapsed(), val_error, test_error,

@@ -431,7 +431,8 @@ def build_job(owner: Mapping[str, Any], trial: TrialJob, search: spec_mod.Search
 def trainer_rbac(owner: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """``(api_version, plural, object)`` for the search's ServiceAccount, Role, RoleBinding.
 
-    The Role allows one verb on one object: ``patch`` of this search's ``status``.
+    The Role covers one object, this search's ``status``: ``patch`` to report, and ``get``
+    to read the resourceVersion each report is conditioned on.
     """
     namespace = owner["metadata"]["namespace"]
     name = owner["metadata"]["name"]
@@ -453,7 +454,7 @@ def trainer_rbac(owner: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any
                 "apiGroups": [GROUP],
                 "resources": [f"{PLURAL}/status"],
                 "resourceNames": [name],
-                "verbs": ["patch"],
+                "verbs": ["get", "patch"],
             }],
         }),
         ("rbac.authorization.k8s.io/v1", "rolebindings", {

@@ -32,7 +32,9 @@ class Slot:
 
     def describe(self) -> str:
         gpu = self.env.get("CUDA_VISIBLE_DEVICES")
-        return f"GPU {gpu}" if gpu is not None else f"CPU ({self.threads} threads)"
+        if gpu is not None:
+            return f"GPU {gpu}"
+        return f"CPU ({self.threads} thread{'' if self.threads == 1 else 's'})"
 
 
 def visible_gpus() -> list[str]:

@@ -256,8 +256,17 @@ def test_chart_installs_and_its_operator_runs_a_search_with_moving_metrics(
             log = (tmp_path / "operator.log").read_text()
             assert phase == "Succeeded", f"phase {phase}; operator log:\n{log[-3000:]}"
 
-            samples = scrape(metrics_port)
+            # The status is patched before the gauges of the same handler run: give the
+            # operator a few seconds to bring its metrics in line with the final status.
             mine = {"namespace": ns, "search": "tiny"}
+            deadline = time.monotonic() + 15
+            while True:
+                samples = scrape(metrics_port)
+                settled = (total(samples, "nas_bohb_trials", state="succeeded", **mine) == 2
+                           and total(samples, "nas_bohb_trials", state="running", **mine) == 0)
+                if settled or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             assert seen_finished[0] == 0 and 1 in seen_finished, seen_finished
             assert most_running == 1  # parallelTrialCount
             assert total(samples, "nas_bohb_trials", state="running", **mine) == 0

@@ -81,7 +81,7 @@ def crd_established(api: Any) -> bool:
     crd = api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
                   "jointsearches.nas-bohb.io")
     return any(c.get("type") == "Established" and c.get("status") == "True"
-               for c in crd.get("status", {}).get("conditions", []))
+               for c in (crd.get("status") or {}).get("conditions") or [])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:

@@ -165,11 +165,13 @@ def test_too_many_failures_fail_the_search_and_stop_running_trials(
     assert sorted(t for t, _ in support.runs(log))[:2] == ["0-0-0-b0", "0-0-1-b0"]
 
 
-def _patch_as(url: str, token: str, ca: str | None, body: dict[str, Any]) -> int:
+def _patch_as(url: str, token: str, ca: str | None, body: dict[str, Any] | None) -> int:
+    """HTTP status of a merge patch (or, with no body, a GET) made with ``token``."""
     import ssl
 
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="PATCH",
+        url, data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "PATCH",
         headers={"Content-Type": "application/merge-patch+json",
                  "Authorization": f"Bearer {token}"})
     context = ssl.create_default_context(cafile=ca)
@@ -205,6 +207,9 @@ def test_spec_errors_trainer_access_and_edits_while_running(
     probe = {"status": {"trials": {"9-9-9-b9": {"progress": {"epoch": 1}}}}}
     assert _patch_as(f"{base}{searches}/invalid/status", token, ca, probe) == 403
     assert _patch_as(f"{base}{searches}/alpha", token, ca, {"spec": {"seed": 9}}) == 403
+    assert _patch_as(f"{base}{searches}/invalid/status", token, ca, None) == 403
+    assert _patch_as(f"{base}{searches}/alpha", token, ca, None) == 403
+    assert _patch_as(f"{base}{searches}/alpha/status", token, ca, None) == 200
     assert _patch_as(f"{base}{searches}/alpha/status", token, ca, probe) == 200
     # ... and what it writes for a trial that does not exist is removed, with an Event.
     support.wait_for(lambda: "9-9-9-b9" not in (support.get_search(api, ns, "alpha")

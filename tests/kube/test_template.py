@@ -149,11 +149,11 @@ class TestDefaults:
         assert merged["dataset"] == {"url": "https://mirror/cifar.tgz"}
 
 
-def test_trainer_role_allows_only_patching_this_search_status() -> None:
+def test_trainer_role_allows_only_reading_and_patching_this_search_status() -> None:
     objects = {plural: obj for _, plural, obj in tpl.trainer_rbac(make_owner())}
     assert objects["roles"]["rules"] == [{
         "apiGroups": ["nas-bohb.io"], "resources": ["jointsearches/status"],
-        "resourceNames": ["cifar"], "verbs": ["patch"]}]
+        "resourceNames": ["cifar"], "verbs": ["get", "patch"]}]
     assert objects["rolebindings"]["subjects"][0]["name"] == "cifar-trainer"
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"
                for o in objects.values())
