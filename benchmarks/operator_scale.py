@@ -81,8 +81,6 @@ class Reports:
     token_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
     sent: int = 0
     failed: int = 0
-    running: int = 0
-    most_running: int = 0
     counter: int = 0
     stopped: bool = False
     ssl_context: Any = None
@@ -97,16 +95,10 @@ class Reports:
         with self.lock:
             self.counter += 1
             heapq.heappush(self.heap, (time.monotonic() + seconds, self.counter, env))
-            self.running += 1
-            self.most_running = max(self.most_running, self.running)
             self.lock.notify()
         # A real trainer exits only after its report went through (or its reporter gave up,
         # REPORT_DEADLINE later); the operator deletes the Job as soon as it has the result.
         return seconds + REPORT_DEADLINE + 10, 0
-
-    def finished(self, pod: dict[str, Any]) -> None:
-        with self.lock:
-            self.running -= 1
 
     def loop(self) -> None:
         while True:
@@ -270,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         capacity = simnode.NodeCapacity(cpu="1000", memory="4000Gi", pods=per_node,
                                         gpus=per_node)
         nodes = [simnode.SimNode(api, f"bench-sim-{i}", mode="simulate", capacity=capacity,
-                                 simulate=reports.hook, on_finish=reports.finished,
+                                 simulate=reports.hook,
                                  lanes=16, die_with_parent=True)
                  for i in range(args.nodes)]
         for node in nodes:
@@ -311,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.verbose:
                     print(f"{time.monotonic() - started:6.0f} s  {status.get('phase')}  "
                           f"{status.get('progress')}  running {status.get('trialsRunning')}  "
-                          f"pods {reports.running}  cpu {usage.cpu_tree:.1f} s  "
+                          f"cpu {usage.cpu_tree:.1f} s  "
                           f"rss {usage.rss_tree / 2**20:.0f} MiB", flush=True)
                 if status.get("phase") in ("Succeeded", "Failed"):
                     break
@@ -346,7 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "trials": args.trials, "parallel": args.parallel, "unit_seconds": args.unit_seconds,
             "phase": status.get("phase"), "trials_done": done, "elapsed_seconds": elapsed,
-            "most_in_flight_status": most_in_flight, "most_pods_running": reports.most_running,
+            "most_in_flight_status": most_in_flight,
             "operator_cpu_seconds": usage.cpu,
             "operator_cpu_seconds_with_children": usage.cpu_tree,
             "operator_cpu_ms_per_trial": 1000 * usage.cpu_tree / max(done, 1),

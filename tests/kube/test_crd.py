@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from controller import spec as spec_mod
+from controller.kube import template as tpl
 from controller.kube.client import KubeClient
 from controller.kube.ledger import ConfigMapLedger, LedgerConflict
 from tests.cluster.simnode import KubeApiError
@@ -65,6 +68,17 @@ def test_valid_spec_is_accepted(operator_install: support.OperatorInstall,
                                 kube_namespace: str) -> None:
     created = support.create_search(operator_install.api, kube_namespace, make_valid())
     assert created["spec"]["budgets"] == {"min": 1, "max": 9, "eta": 3}
+
+
+@pytest.mark.parametrize("path", ["manifests/search.yaml", "examples/cpu-search.yaml"])
+def test_shipped_searches_are_accepted_and_valid(operator_install: support.OperatorInstall,
+                                                 kube_namespace: str, path: str) -> None:
+    document = yaml.safe_load((support.ROOT / path).read_text())
+    created = support.create_search(operator_install.api, kube_namespace, document)
+    search = spec_mod.load_spec(created)
+    template = tpl.parse_template(search.trial_template)
+    assert tpl.data_argument(search.dataset).startswith("https://")
+    assert template.image.startswith("nas-bohb/trainer:")
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
