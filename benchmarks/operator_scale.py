@@ -62,6 +62,29 @@ from tests.kube import support  # noqa: E402
 from trainer import report  # noqa: E402
 
 NAME = "scale"
+#: ``--tracemalloc``: runs the operator with tracemalloc and writes its largest allocation
+#: sites to a file each time the traced total reaches a new high (diagnosis, ~2x slower).
+TRACEMALLOC_LAUNCHER = """
+import runpy, sys, threading, time, tracemalloc
+out = sys.argv.pop(1)
+tracemalloc.start(6)
+def watch():
+    base, high = tracemalloc.take_snapshot(), 0
+    while True:
+        time.sleep(20)
+        current = tracemalloc.get_traced_memory()[0]
+        if current <= high * 1.02:
+            continue
+        high = current
+        diff = tracemalloc.take_snapshot().compare_to(base, "traceback")
+        lines = [f"traced {current / 2**20:.1f} MiB; growth since start by place:"]
+        for stat in diff[:25]:
+            lines += ["", str(stat), *stat.traceback.format()]
+        with open(out, "w") as handle:
+            handle.write("\\n".join(lines) + "\\n")
+threading.Thread(target=watch, daemon=True).start()
+runpy.run_module("controller.kube", run_name="__main__", alter_sys=True)
+"""
 #: How long a simulated trainer keeps trying to deliver its result (the reporter's own).
 REPORT_DEADLINE = 120.0
 
@@ -128,7 +151,9 @@ class Reports:
             search=env["NAS_BOHB_SEARCH_NAME"], trial_id=env["NAS_BOHB_TRIAL_ID"],
             attempt=int(env["NAS_BOHB_TRIAL_ATTEMPT"]),
             token_path=self.token_path(env["NAS_BOHB_SEARCH_NAME"]), ca_path=self.ca_file,
-            deadline_seconds=REPORT_DEADLINE)
+            deadline_seconds=REPORT_DEADLINE,
+            # The simulated node's per-pod file for the container's termination message.
+            termination_log=env.get("NAS_BOHB_TERMINATION_LOG"))
         # A made-up validation error that improves with the budget, differs by config.
         noise = (zlib.crc32(env["NAS_BOHB_CONFIG_ID"].encode()) % 1000) / 5000
         error = round(min(0.9, 0.1 + noise + 0.5 / math.sqrt(budget)), 5)
@@ -161,14 +186,21 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system, reaped children included) and current RSS of one process."""
+def _proc_stats(pid: int) -> tuple[float, int, int]:
+    """CPU seconds (user + system, reaped children included), RSS and PSS of one process.
+
+    PSS (proportional set size) divides each shared page among the processes that map it:
+    summed over the operator and its model process it is what the pod's memory cgroup is
+    charged, while summed RSS counts the shared libraries both map twice.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = sum(int(f) for f in fields[11:15]) / ticks
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) * 1024  # type: ignore[union-attr]
-    return cpu, rss
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    pss = int(re.search(r"^Pss:\s+(\d+)", rollup, re.M).group(1)) * 1024  # type: ignore[union-attr]
+    return cpu, rss, pss
 
 
 @dataclass
@@ -181,6 +213,7 @@ class Usage:
     rss_tree: int = 0
     peak: int = 0
     peak_tree: int = 0
+    peak_pss_tree: int = 0
 
     def sample(self, pid: int) -> None:
         per = {}
@@ -189,11 +222,12 @@ class Usage:
                 per[proc] = _proc_stats(proc)
         if pid not in per:
             return
-        self.cpu, self.rss = per[pid]
-        self.cpu_tree = max(self.cpu_tree, sum(c for c, _ in per.values()))
-        self.rss_tree = sum(r for _, r in per.values())
+        self.cpu, self.rss, _ = per[pid]
+        self.cpu_tree = max(self.cpu_tree, sum(c for c, _, _ in per.values()))
+        self.rss_tree = sum(r for _, r, _ in per.values())
         self.peak = max(self.peak, self.rss)
         self.peak_tree = max(self.peak_tree, self.rss_tree)
+        self.peak_pss_tree = max(self.peak_pss_tree, sum(p for _, _, p in per.values()))
 
 
 def _apiserver_requests(api: simnode.KubeApi) -> float:
@@ -275,6 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             # cProfile of the operator's event-loop thread, written when it stops.
             command[1:1] = ["-m", "cProfile", "-o", str(args.profile)]
+        if args.tracemalloc:
+            command[1:3] = ["-c", TRACEMALLOC_LAUNCHER, str(args.tracemalloc)]
         with open(log_path, "wb") as log:
             operator = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                         stderr=subprocess.STDOUT,
@@ -344,6 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "operator_cpu_ms_per_trial": 1000 * usage.cpu_tree / max(done, 1),
             "operator_rss_mib_peak": usage.peak / 2**20,
             "operator_rss_mib_peak_with_children": usage.peak_tree / 2**20,
+            "operator_pss_mib_peak_with_children": usage.peak_pss_tree / 2**20,
             "dispatch_median_seconds": statistics.median(dispatch) if dispatch else None,
             "dispatch_p99_seconds": _percentile(dispatch, 0.99) if dispatch else None,
             "dispatch_samples": len(dispatch),
@@ -384,6 +421,8 @@ def main() -> int:
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting one")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="cProfile the operator into this file")
+    parser.add_argument("--tracemalloc", type=Path,
+                        help="write the operator's largest allocation sites into this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="print progress")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the operator, the nodes and the cluster are stopped.

@@ -176,6 +176,28 @@ def _prepare_data(spec: spec_mod.SearchSpec, data: Any) -> str | None:
     return f"the dataset is not usable: {reason}"
 
 
+def _check_run_dir(spec: spec_mod.SearchSpec, run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot take this search now, or ``None``; changes nothing.
+
+    The executor checks the same again under its lock; this only makes the answer quick.
+    """
+    from controller.engine import Engine, LedgerError, MemoryLedger
+    from controller.local.executor import LEDGER_FILE, holder
+
+    pid = holder(run_dir)
+    if pid is not None:
+        return f"{run_dir} is in use by another nas-bohb process (pid {pid})"
+    ledger_path = run_dir / LEDGER_FILE
+    if not ledger_path.exists():
+        return None
+    try:
+        Engine(spec, MemoryLedger(_read_events(ledger_path)), prefetch=False,
+               model=False).close()
+    except LedgerError as exc:
+        return f"{ledger_path}: {exc}"
+    return None
+
+
 def _search(args: argparse.Namespace) -> int:
     from controller.local import devices
     from controller.local.executor import LocalExecutor, RunDirectoryBusy, read_baselines
@@ -209,7 +231,9 @@ def _search(args: argparse.Namespace) -> int:
     logger.info("Trials run on %s; data from %s.",
                 ", ".join(s.describe() for s in slots), data.data or "the trainer's default")
 
-    problem = _prepare_data(spec, data)
+    # Refusals that need no dataset come first: a busy or mismatched run directory is
+    # reported at once, not after the dataset check.
+    problem = _check_run_dir(spec, run_dir) or _prepare_data(spec, data)
     if problem is not None:
         view.close()
         print(f"nas-bohb search: error: {problem}", file=sys.stderr)

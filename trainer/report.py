@@ -24,6 +24,15 @@ Each write carries the resourceVersion read just before it (the trainer's Role a
 and is retried after a jittered pause, rather than retried in a tight loop by the API
 server.
 
+The result also goes into the container's **termination message**, always and before the
+patch is tried: a compact JSON ``{"trialId": ..., "result": {...}}`` of the same entry
+(:func:`termination_message`, at most 4096 bytes, the learning curve given up first when
+it does not fit), written to ``NAS_BOHB_TERMINATION_LOG``. The kubelet copies that file
+into the pod's ``containerStatuses[].state.terminated.message`` when the container ends,
+so when the status patch cannot get through (an overloaded API server, a token that
+cannot patch), the operator still finds the result on the trial's pod, checks it as it
+checks the status, and records it.
+
 Nothing here may end a training run: every failure is logged and swallowed. Values are
 made JSON-safe first (NaN and infinity become ``null``), because the API server refuses
 them and the operator's status must never hold them.
@@ -40,6 +49,10 @@ Environment (set by the operator on the trial pod):
 ``KUBERNETES_SERVICE_HOST``/``PORT`` the API server, as every pod sees it
 ``NAS_BOHB_REPORT_INTERVAL``        least seconds between progress writes (default 10)
 ``NAS_BOHB_REPORT_DEADLINE``        most seconds spent retrying the result (default 120)
+``NAS_BOHB_TERMINATION_LOG``        the container's ``terminationMessagePath``, where the
+                                    result is also written (default
+                                    ``/dev/termination-log``); a missing or unwritable
+                                    file is logged and ignored
 =================================== ==================================================
 
 .. note::
@@ -52,6 +65,7 @@ Environment (set by the operator on the trial pod):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -59,6 +73,8 @@ import os
 import queue
 import random
 import ssl
+import stat
+import tempfile
 import threading
 import time
 import urllib.error
@@ -80,6 +96,15 @@ MAX_CURVE_POINTS = 32
 #: HTTP statuses worth retrying: throttling, server trouble, timeouts at a proxy, and 409:
 #: the API server gives up on a patch after a few conflicting concurrent writes.
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: Kubernetes' default ``terminationMessagePath``, and the most of it the kubelet keeps.
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+#: What a termination message keeps of a result when the whole entry does not fit.
+_ESSENTIAL_KEYS = (
+    "status", "validation_error", "test_error", "validation_loss", "train_loss",
+    "budget_seconds", "train_seconds", "wall_seconds", "epochs", "steps", "n_params",
+    "device", "torch_version", "trainer_version", "seed", "attempt", "reported_at", "message",
+)
 
 
 class Reporter(Protocol):
@@ -170,6 +195,97 @@ def result_entry(record: Mapping[str, Any]) -> dict[str, Any]:
     return dict(json_safe(entry))
 
 
+def termination_message(trial_id: str, entry: Mapping[str, Any],
+                        limit: int = MAX_TERMINATION_MESSAGE_BYTES) -> bytes | None:
+    """A result entry as a termination message: ``{"trialId": ..., "result": entry}``.
+
+    Compact JSON of at most ``limit`` bytes, never NaN or infinity. What does not fit is
+    given up in this order: the learning curve (``learning_curve_dropped`` says so), the
+    configuration (the operator has it in its ledger), every field but the essential ones
+    (status, errors, losses, seconds, size, evidence, attempt, message), the end of the
+    message, then all but status, errors and attempt. ``None`` when not even those fit (a
+    trial id of thousands of characters).
+    """
+    entry = dict(json_safe(entry))
+    slim = {k: v for k, v in entry.items() if k != "learning_curve"}
+    if "learning_curve" in entry:
+        slim["learning_curve_dropped"] = True
+    bare = {k: v for k, v in slim.items() if k != "config"}
+    essential = {k: bare[k] for k in (*_ESSENTIAL_KEYS, "learning_curve_dropped") if k in bare}
+    for result in (entry, slim, bare, essential):
+        data = _message_bytes(trial_id, result)
+        if len(data) <= limit:
+            return data
+    text = essential.get("message")
+    if isinstance(text, str) and text:
+        # The longest start of the message that fits (escaped characters take more bytes).
+        room = limit - len(_message_bytes(trial_id, {**essential, "message": ""}))
+        low, high = 0, len(text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(json.dumps(text[:middle])) - 2 <= room:
+                low = middle
+            else:
+                high = middle - 1
+        data = _message_bytes(trial_id, {**essential, "message": text[:low]})
+        if low and len(data) <= limit:
+            return data
+    minimal: dict[str, Any] = {k: essential[k] for k in (
+        "status", "validation_error", "test_error", "attempt") if k in essential}
+    data = _message_bytes(trial_id, minimal)
+    return data if len(data) <= limit else None
+
+
+def _message_bytes(trial_id: str, result: Mapping[str, Any]) -> bytes:
+    return json.dumps({"trialId": trial_id, "result": result}, allow_nan=False,
+                      separators=(",", ":")).encode()
+
+
+def write_termination_message(path: str, data: bytes) -> None:
+    """Put ``data`` into the termination-message file ``path``: all of it or nothing.
+
+    The file must exist: the kubelet creates it before the container starts, so a missing
+    one means nobody would read it (``FileNotFoundError``). ``data`` goes to a temporary
+    file beside it that is renamed over it. Where that cannot work (the kubelet
+    bind-mounts the file, and a mount point cannot be renamed over; ``/dev`` is not
+    writable for a non-root user) the file is truncated and written with one ``write``
+    call, undone if it falls short: the kubelet reads the file only after the container
+    has exited, and sees either nothing or the whole message. Raises ``OSError``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no such termination-message file", path)
+    try:
+        _replace_file(path, data)
+    except OSError:
+        _overwrite_file(path, data)
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                         prefix=".termination-message-")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _overwrite_file(path: str, data: bytes) -> None:
+    handle = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        written = os.write(handle, data)
+        if written != len(data):
+            os.ftruncate(handle, 0)  # Half a message must not be read as one.
+            raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)", path)
+    finally:
+        os.close(handle)
+
+
 @dataclass(frozen=True)
 class KubeTarget:
     """Where and as whom a trial reports: the API server, the search, the trial."""
@@ -183,6 +299,7 @@ class KubeTarget:
     ca_path: str | None
     interval_seconds: float = 10.0
     deadline_seconds: float = 120.0
+    termination_log: str | None = None  # None: no termination message is written.
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KubeTarget:
@@ -217,6 +334,7 @@ class KubeTarget:
             ca_path=ca_path if os.path.exists(ca_path) else None,
             interval_seconds=_env_number(env, "NAS_BOHB_REPORT_INTERVAL", 10.0, float),
             deadline_seconds=_env_number(env, "NAS_BOHB_REPORT_DEADLINE", 120.0, float),
+            termination_log=env.get("NAS_BOHB_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG,
         )
 
     @property
@@ -301,12 +419,14 @@ class KubeReporter:
             logger.warning("Trial %s: progress not queued: %s.", self.target.trial_id, error)
 
     def on_result(self, record: Mapping[str, Any]) -> None:
-        """Write the result now, retrying transient errors until the deadline."""
+        """Write the termination message, then the result, retrying until the deadline."""
         try:
             self._closed = True
-            self._stop_progress()
             entry = result_entry(record)
             entry["attempt"] = self.target.attempt
+            # First, and whatever becomes of the patch: the operator's fallback.
+            self._write_termination_message(entry)
+            self._stop_progress()
             body = self._body({"result": entry})
             if self._deliver(body, deadline=self.target.deadline_seconds):
                 logger.info("Trial %s: result reported to %s/%s.", self.target.trial_id,
@@ -318,6 +438,24 @@ class KubeReporter:
                 )
         except Exception as error:
             logger.error("Trial %s: result not reported: %s.", self.target.trial_id, error)
+
+    def _write_termination_message(self, entry: Mapping[str, Any]) -> None:
+        path = self.target.termination_log
+        if not path:
+            return
+        trial_id = self.target.trial_id
+        try:
+            data = termination_message(trial_id, entry)
+            if data is None:
+                logger.warning("Trial %s: the result does not fit in a termination message; "
+                               "none written.", trial_id)
+                return
+            write_termination_message(path, data)
+            logger.info("Trial %s: result written to the termination message %s (%d bytes).",
+                        trial_id, path, len(data))
+        except Exception as error:
+            logger.warning("Trial %s: termination message not written to %s: %s.", trial_id,
+                           path, error)
 
     # -- delivery ----------------------------------------------------------------------
 

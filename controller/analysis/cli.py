@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,9 +133,21 @@ def export_joint_search(namespace: str, name: str, dest: Path) -> None:
         raise AnalysisError("controller.kube.export has no export_search(namespace, name, "
                             "dest_dir); this version of the operator package cannot export")
 
+    # The first folder this call creates: removed again if the export fails, so a failed
+    # attempt leaves nothing behind (a folder that was there before is left alone).
+    created = next((p for p in reversed((dest, *dest.parents)) if not p.exists()), None)
     dest.mkdir(parents=True, exist_ok=True)
     logger.info("JointSearch %s/%s: exporting its results to %s.", namespace, name, dest)
     try:
         export_search(namespace, name, dest)
     except Exception as exc:  # API errors, missing resource, no kubeconfig: all user-facing
-        raise AnalysisError(f"could not export JointSearch {namespace}/{name}: {exc}") from exc
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        # The search's own problems speak for themselves; anything else may be about
+        # finding the cluster at all.
+        known = getattr(export, "ExportError", None)
+        hint = "" if isinstance(known, type) and isinstance(exc, known) else (
+            " (the cluster is found through KUBECONFIG, ~/.kube/config or, in a pod, its "
+            "service account)")
+        raise AnalysisError(
+            f"could not export JointSearch {namespace}/{name}: {exc}{hint}") from exc

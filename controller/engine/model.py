@@ -28,18 +28,48 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import types
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hpbandster.optimizers.config_generators.bohb import BOHB as _HpBandSterBOHB
 
 from controller.space import SearchSpace, Value
 from controller.spec import BohbSpec
 
 logger = logging.getLogger(__name__)
+
+
+def _import_generator() -> Any:
+    """hpbandster's BOHB generator class, without loading all of ``statsmodels.api``.
+
+    hpbandster imports ``statsmodels.api`` for one name, ``sm.nonparametric.KDEMultivariate``;
+    the whole API brings pandas and patsy (about 35 MB per process). When nothing else has
+    loaded it yet, the import sees a namespace holding only that class (statsmodels' own,
+    from ``statsmodels.nonparametric.kernel_density``), and ``sys.modules`` is restored
+    afterwards, so later imports of ``statsmodels.api`` anywhere get the real module.
+    """
+    if "statsmodels.api" in sys.modules:
+        from hpbandster.optimizers.config_generators.bohb import BOHB
+        return BOHB
+    from statsmodels.nonparametric.kernel_density import KDEMultivariate
+
+    api = types.ModuleType("statsmodels.api", "Only what hpbandster's BOHB uses.")
+    api.nonparametric = types.SimpleNamespace(  # type: ignore[attr-defined]
+        KDEMultivariate=KDEMultivariate)
+    sys.modules["statsmodels.api"] = api
+    try:
+        from hpbandster.optimizers.config_generators.bohb import BOHB
+    finally:
+        if sys.modules.get("statsmodels.api") is api:
+            del sys.modules["statsmodels.api"]
+    return BOHB
+
+
+_HpBandSterBOHB = _import_generator()
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"hpbandster(\..*)?$")
 warnings.filterwarnings("ignore", category=FutureWarning, message=r".*entropy initialized.*")

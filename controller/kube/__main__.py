@@ -10,6 +10,12 @@ Options may also come from the environment: ``NAS_BOHB_WATCH_NAMESPACES`` (comma
 separated; empty means all), ``NAS_BOHB_METRICS_PORT``, ``NAS_BOHB_DEFAULTS`` (a YAML
 file with default ``trialTemplate`` and ``dataset`` fields) and ``NAS_BOHB_LIVENESS``.
 
+Credentials (for kopf's watches and the operator's own calls alike): the pod's service
+account, read from the folder named by ``NAS_BOHB_SERVICEACCOUNT_DIR`` (its ``token``,
+``ca.crt`` and ``namespace``; default ``/var/run/secrets/kubernetes.io/serviceaccount``)
+with the API server from ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``; else
+``KUBECONFIG`` or ``~/.kube/config``. See :mod:`controller.kube.client`.
+
 .. note::
    Run one replica. The operator runs kopf in standalone mode: two replicas would both
    act on every search. Their ledger writes are guarded by resourceVersions, so one of

@@ -4,8 +4,18 @@ kopf watches the resources; everything the operator *does* (create Jobs, patch s
 write ledger ConfigMaps, post Events) goes through this client. It speaks plain JSON
 dicts over aiohttp, so no generated model classes are built for 300 Jobs a minute, and it
 counts every request by verb and resource, which is how the scale benchmark measures
-API calls per trial. Credentials come from the ``kubernetes`` package's loaders (in-cluster
-service account first, then ``KUBECONFIG``/``~/.kube/config``), token refresh included.
+API calls per trial.
+
+Credentials (:func:`load_configuration`, shared with kopf's login handler so the watches
+and the operator's own calls always authenticate alike) come from the ``kubernetes``
+package's loaders, in this order:
+
+1. The pod's service account: ``token`` and ``ca.crt`` in the folder named by
+   ``NAS_BOHB_SERVICEACCOUNT_DIR`` when that variable is set, else in the standard
+   ``/var/run/secrets/kubernetes.io/serviceaccount``, with the API server from
+   ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``. The token is read from the
+   file again every minute, so a rotated (bound) token is picked up.
+2. ``KUBECONFIG`` or ``~/.kube/config`` (token, client certificate or basic auth).
 """
 
 from __future__ import annotations
@@ -14,10 +24,12 @@ import asyncio
 import collections
 import json
 import logging
+import os
 import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -53,6 +65,13 @@ class ApiError(Exception):
         return self.status == 409
 
 
+#: Where a kubelet mounts a pod's service-account ``token``, ``ca.crt`` and ``namespace``.
+STANDARD_SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Names another folder with the same files (the test cluster's simulated nodes, which run
+#: a pod's command as a local process, put them there).
+SERVICE_ACCOUNT_DIR_ENV = "NAS_BOHB_SERVICEACCOUNT_DIR"
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Where the API server is and how to prove who we are."""
@@ -60,18 +79,81 @@ class Credentials:
     host: str
     ssl_context: ssl.SSLContext | bool
     headers_hook: Any  # Callable[[], dict[str, str]]: fresh auth headers per request.
+    #: Where they came from, for the log: the service-account folder, or "kubeconfig".
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ApiConfiguration:
+    """A loaded ``kubernetes.client.Configuration`` and where it came from."""
+
+    config: Any  # kubernetes.client.Configuration (the package has no type hints)
+    #: The service-account folder for in-cluster credentials, else ``None``.
+    service_account_dir: Path | None
+
+    @property
+    def source(self) -> str:
+        if self.service_account_dir is None:
+            return "kubeconfig"
+        return f"the service account in {self.service_account_dir}"
+
+    @property
+    def namespace(self) -> str | None:
+        """The pod's namespace (in-cluster only), for kopf's events of cluster objects."""
+        if self.service_account_dir is None:
+            return None
+        try:
+            return (self.service_account_dir / "namespace").read_text().strip() or None
+        except OSError:
+            return None
+
+
+def service_account_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$NAS_BOHB_SERVICEACCOUNT_DIR``, or the standard service-account folder."""
+    env = os.environ if environ is None else environ
+    return Path(env.get(SERVICE_ACCOUNT_DIR_ENV) or STANDARD_SERVICE_ACCOUNT_DIR)
+
+
+def load_configuration(context: str | None = None) -> ApiConfiguration:
+    """In-cluster credentials when the service-account folder has them, else the kubeconfig.
+
+    In-cluster, the token is re-read from its file once a minute (a kubelet rotates bound
+    tokens) and the CA is the folder's ``ca.crt``.
+    """
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    cfg = k8s_client.Configuration()
+    folder = service_account_dir()
+    loader = InClusterConfigLoader(token_filename=str(folder / "token"),
+                                   cert_filename=str(folder / "ca.crt"))
+    try:
+        loader.load_and_set(cfg)
+        return ApiConfiguration(cfg, folder)
+    except k8s_config.ConfigException as error:
+        logger.debug("No in-cluster credentials in %s (%s); using the kubeconfig.", folder,
+                     error)
+    # $KUBECONFIG as it is now (the package reads it once, at import).
+    k8s_config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                context=context, client_configuration=cfg)
+    return ApiConfiguration(cfg, None)
+
+
+def authorization_of(cfg: Any) -> str | None:
+    """The ``Authorization`` header value of a loaded configuration (a fresh token)."""
+    token: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    if token:
+        return token
+    if cfg.username and cfg.password:
+        return str(cfg.get_basic_auth_token())
+    return None
 
 
 def load_credentials(context: str | None = None) -> Credentials:
-    """In-cluster credentials when running in a pod, else the current kubeconfig."""
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
-
-    cfg = k8s_client.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=cfg)
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config(context=context, client_configuration=cfg)
+    """Credentials from :func:`load_configuration`, for :class:`KubeClient`."""
+    loaded = load_configuration(context)
+    cfg = loaded.config
 
     ssl_context: ssl.SSLContext | bool
     if cfg.verify_ssl:
@@ -82,14 +164,11 @@ def load_credentials(context: str | None = None) -> Credentials:
         ssl_context = False
 
     def headers() -> dict[str, str]:
-        token: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-        if token:
-            return {"Authorization": token}
-        if cfg.username and cfg.password:
-            return {"Authorization": str(cfg.get_basic_auth_token())}
-        return {}
+        value = authorization_of(cfg)
+        return {"Authorization": value} if value else {}
 
-    return Credentials(host=cfg.host.rstrip("/"), ssl_context=ssl_context, headers_hook=headers)
+    return Credentials(host=cfg.host.rstrip("/"), ssl_context=ssl_context, headers_hook=headers,
+                       source=loaded.source)
 
 
 def collection_path(api_version: str, plural: str, namespace: str | None = None) -> str:
@@ -121,6 +200,10 @@ class KubeClient:
     @classmethod
     def from_environment(cls, context: str | None = None) -> KubeClient:
         return cls(load_credentials(context))
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
 
     async def close(self) -> None:
         if self._session is not None:

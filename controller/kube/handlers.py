@@ -8,7 +8,10 @@ restart, when kopf lists the existing resources); every event of a Job the opera
 labelled wakes the runner of the search that owns it. The runner does the rest.
 
 Configuration comes from :func:`configure` (called by ``python -m controller.kube``
-before kopf starts), so the handlers stay importable without side effects.
+before kopf starts), so the handlers stay importable without side effects. kopf's own
+connection (its watches) logs in through :func:`login`, from the same source as the
+operator's client (:func:`controller.kube.client.load_configuration`), so both always
+authenticate alike.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import kopf
 
 from controller.kube import GROUP, LABEL_MANAGED_BY, LABEL_SEARCH, MANAGED_BY, PLURAL, VERSION
-from controller.kube.client import KubeClient
+from controller.kube.client import KubeClient, load_configuration
 from controller.kube.runner import RunnerSettings, SearchRunner
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,38 @@ def configure(settings: RunnerSettings, metrics_port: int | None) -> None:
     STATE.metrics_port = metrics_port
 
 
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: the service account (``NAS_BOHB_SERVICEACCOUNT_DIR`` or the
+    standard folder) or the kubeconfig, exactly as the operator's own client loads them.
+
+    kopf calls this again after an HTTP 401, so a rotated token is read from its file anew.
+    """
+    try:
+        loaded = load_configuration()
+    except Exception as error:  # the kubernetes loaders raise several kinds
+        raise kopf.PermanentError(f"No usable Kubernetes credentials: {error}") from error
+    return connection_info(loaded.config, namespace=loaded.namespace)
+
+
+def connection_info(cfg: Any, *, namespace: str | None = None) -> kopf.ConnectionInfo:
+    """kopf's view of a loaded ``kubernetes.client.Configuration``."""
+    header: str | None = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    scheme, _, token = (header or "").strip().rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=str(cfg.host).rstrip("/"),
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+        default_namespace=namespace,
+    )
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Failures of our own handlers are logged; trial and search Events are posted by the
@@ -78,6 +113,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.persistence.diffbase_storage = _NoDiffBase()
     STATE.client = KubeClient.from_environment()
+    logger.info("The operator talks to %s with %s.", STATE.client.credentials.host,
+                STATE.client.credentials.source)
     if STATE.metrics_port:
         try:
             from controller import metrics

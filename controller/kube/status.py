@@ -36,7 +36,10 @@ Trainer pods write with JSON merge patches on ``status.trials.<trialId>``. RBAC 
 them to their own search, not to their own entry, so everything read from the inbox is
 checked here before the operator believes it (:func:`parse_result`,
 :func:`parse_progress`); anything wrong is reported as a :class:`ReportProblem` and
-ignored with an Event.
+ignored with an Event. A trainer also leaves its result in its container's termination
+message (``{"trialId": ..., "result": {...}}``), which the operator reads from the pod
+of a Job that ended without a result in the status; :func:`parse_termination_message`
+checks it the same way.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ OPERATOR_KEYS: Final = (
     "configId", "budget", "attempt", "phase", "job", "outcome", "validationError",
     "testError", "trainSeconds", "dispatchSeconds", "message",
 )
+
+#: The most of a container's termination message the kubelet keeps, in bytes.
+MAX_TERMINATION_MESSAGE_BYTES: Final = 4096
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 RETRYING, CANCELLED = "Retrying", "Cancelled"
@@ -182,6 +188,38 @@ def parse_result(raw: Any) -> ReportedResult | ReportProblem:
         reported) else None
     return ReportedResult(record=record, attempt=attempt, fingerprint=fingerprint(record),
                           reported_at=stamp)
+
+
+def parse_termination_message(text: Any, trial_id: str
+                              ) -> ReportedResult | ReportProblem | None:
+    """Check a trainer's termination message, ``{"trialId": ..., "result": {...}}``.
+
+    ``None`` when ``text`` is no such message at all: empty, or the last lines of a
+    failed trainer's log that ``FallbackToLogsOnError`` puts there when the trainer wrote
+    nothing; there is nothing to believe and nothing to warn about. A message of that
+    form must name ``trial_id``, fit in :data:`MAX_TERMINATION_MESSAGE_BYTES`, and hold a
+    result that :func:`parse_result` accepts; otherwise it is a :class:`ReportProblem`.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, Mapping) or "trialId" not in raw:
+        return None
+    size = len(text.encode())
+    if size > MAX_TERMINATION_MESSAGE_BYTES:
+        return ReportProblem("InvalidTerminationMessage", f"the termination message has "
+                             f"{size} bytes, more than {MAX_TERMINATION_MESSAGE_BYTES}")
+    if raw["trialId"] != trial_id:
+        return ReportProblem("InvalidTerminationMessage", f"the termination message is for "
+                             f"trial {str(raw['trialId'])[:100]!r}")
+    result = parse_result(raw.get("result"))
+    if isinstance(result, ReportProblem):
+        return ReportProblem("InvalidTerminationMessage",
+                             f"the termination message's {result.message}")
+    return result
 
 
 @dataclass(frozen=True)

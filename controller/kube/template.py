@@ -15,7 +15,9 @@ checks it (a :class:`controller.spec.SpecError` naming the field, so a bad templ
 * ``activeDeadlineSeconds`` of ``budget x trainer.overrunFactor +
   trainer.startupAllowanceSeconds``, so a hung trainer cannot hold a GPU forever;
 * the trainer's command line (``docs/architecture.md``) with ``--report kube`` and the
-  environment :mod:`trainer.report` reads.
+  environment :mod:`trainer.report` reads;
+* the termination message at :data:`TERMINATION_LOG`, where the trainer also writes its
+  result: the operator's fallback when the status write did not get through.
 
 It also builds the per-search ServiceAccount, Role and RoleBinding that let a trial pod
 patch the status of its own search and nothing else.
@@ -56,6 +58,10 @@ DEFAULT_RESOURCES: Mapping[str, Any] = {"limits": {"nvidia.com/gpu": 1}}
 DEFAULT_CACHE_DIR = "/var/cache/nas-bohb"
 CACHE_VOLUME = "nas-bohb-cache"
 CONTAINER = "trainer"
+#: The trainer container's terminationMessagePath (Kubernetes' default, set explicitly):
+#: the trainer writes its result there too (``NAS_BOHB_TERMINATION_LOG``), and the
+#: operator reads it from the pod when the status never got the result.
+TERMINATION_LOG = "/dev/termination-log"
 _MAX_NAME = 63  # Job names end up in the job-name label of their pods: at most 63 characters.
 
 
@@ -365,6 +371,7 @@ def build_job(owner: Mapping[str, Any], trial: TrialJob, search: spec_mod.Search
         {"name": "NAS_BOHB_BUDGET", "value": budget_text(trial.budget)},
         {"name": "NAS_BOHB_REPORT_INTERVAL",
          "value": budget_text(progress_interval(search.parallel_trial_count))},
+        {"name": "NAS_BOHB_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *[dict(e) for e in template.env],
     ]
@@ -383,7 +390,11 @@ def build_job(owner: Mapping[str, Any], trial: TrialJob, search: spec_mod.Search
         "env": env,
         "resources": json.loads(json.dumps(template.resources)),
         "volumeMounts": mounts,
-        # The last lines of a crashed trainer's log become the trial's failure message.
+        # The trainer writes its result into the termination message as well, for when
+        # the status write cannot get through. FallbackToLogsOnError reads that file as
+        # File does, and only when it is empty and the trainer failed takes the last lines
+        # of its log instead: they become the trial's failure message.
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if template.image_pull_policy:

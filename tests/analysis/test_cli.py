@@ -107,6 +107,25 @@ def test_an_exporter_failure_is_reported_as_an_error(
 
     assert args.func(args) == 2
     assert "'missing' not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_joint_search_without_a_cluster_names_where_the_cluster_is_looked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real exporter, with no kubeconfig and no service account to find.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("NAS_BOHB_SERVICEACCOUNT_DIR", raising=False)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    args = _parse("analyze", "team-a/cifar-search", "--out", str(kept / "report" / "here"))
+
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "JointSearch team-a/cifar-search" in err and "KUBECONFIG" in err
+    assert list(kept.iterdir()) == []  # the folders made for the export are gone again
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many"])

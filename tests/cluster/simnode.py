@@ -43,10 +43,23 @@ every argument, environment value and ``workingDir`` that starts with a volume's
    are reported with the same state); init containers, probes and ``restartPolicy``
    ``Always``/``OnFailure`` restarts are not implemented (a container that ends ends the
    pod); images are ignored (the command runs on this machine); resource limits are not
-   enforced; a ``workingDir`` outside a volume is replaced by the pod's folder; the
-   termination-message file is not read (``FallbackToLogsOnError`` is honoured from the
-   log). A pod found ``Running`` when a node (re)starts cannot be adopted and is failed
-   with reason ``SimNodeRestarted``.
+   enforced; a ``workingDir`` outside a volume is replaced by the pod's folder. A pod
+   found ``Running`` when a node (re)starts cannot be adopted and is failed with reason
+   ``SimNodeRestarted``.
+
+Termination messages, a simulation detail: a local process cannot write the container's
+``terminationMessagePath`` (``/dev/termination-log`` by default), so in exec mode that
+path is mapped, like a volume, to an empty file ``termination-log`` in the pod's folder
+(created before the command starts, as the kubelet creates the real one): arguments and
+environment values that name the path are rewritten to the file, so the Job template's
+explicit ``NAS_BOHB_TERMINATION_LOG=/dev/termination-log`` reaches the trainer as the
+local file, and ``NAS_BOHB_TERMINATION_LOG`` names it when the pod sets nothing. In
+simulate mode the hook gets the pod with environment values that name the path rewritten
+the same way (the file is made only then), so a hook that reports like a trainer can
+leave a message. When the container ends, the file's last 4096 bytes (what a kubelet
+keeps) become ``containerStatuses[].state.terminated.message``; with
+``FallbackToLogsOnError``, the log's tail does when the file is empty and the exit code
+is not 0.
 """
 
 from __future__ import annotations
@@ -92,6 +105,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _NODE_TAINTS_REMOVED = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 _LOG_TAIL_BYTES = 2048
+#: A container's default ``terminationMessagePath``, and the most of it a kubelet keeps.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+_TERMINATION_MESSAGE_BYTES = 4096
 
 
 class KubeApiError(RuntimeError):
@@ -278,6 +294,7 @@ class _PodRun:
     directory: Path | None = None
     exit_code: int = 0
     deleted: bool = False
+    termination_file: Path | None = None  # Stands in for the terminationMessagePath.
 
 
 class _StartError(Exception):
@@ -697,7 +714,7 @@ class SimNode:
                              name=f"{self.name}-wait-{run.name}", daemon=True).start()
         else:
             try:
-                seconds, exit_code = self.simulate(run.pod)
+                seconds, exit_code = self.simulate(self._simulated_pod(run))
             except Exception as error:  # the hook is user code: its failure fails the pod
                 logger.warning("Simulated node %s: hook failed for %s/%s: %s.", self.name,
                                run.namespace, run.name, error)
@@ -796,11 +813,12 @@ class SimNode:
             self._count("failed")
         reason = reason or ("Completed" if code == 0 else "Error")
         container = _first_container(run.pod)
-        if code != 0 and not message and (
+        written = self._termination_message(run)
+        if code != 0 and not message and not written and (
             container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
         ):
             message = self._log_tail(run)
-        status = self._terminated_status(run, code, reason, message)
+        status = self._terminated_status(run, code, reason, written or message)
         if pod_reason:
             status["reason"] = pod_reason
             status["message"] = message
@@ -881,6 +899,43 @@ class SimNode:
             "containerID": f"simnode://{run.uid}/{container.get('name')}", "restartCount": 0,
         }
 
+    def _termination_message(self, run: _PodRun) -> str:
+        """The last 4096 bytes of what the container wrote to its termination-message file."""
+        path = run.termination_file
+        if path is None or not path.is_file():
+            return ""
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - _TERMINATION_MESSAGE_BYTES))
+            return handle.read(_TERMINATION_MESSAGE_BYTES).decode(errors="replace")
+
+    def _termination_file(
+        self, run: _PodRun, container: Mapping[str, Any], directory: Path
+    ) -> tuple[str, Path]:
+        """The container's terminationMessagePath and the empty local file standing in."""
+        path = str(container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
+        directory.mkdir(parents=True, exist_ok=True)
+        local = directory / "termination-log"
+        local.touch()
+        run.termination_file = local
+        return path, local
+
+    def _simulated_pod(self, run: _PodRun) -> Pod:
+        """The pod as a simulate hook sees it: env values naming the termination path local."""
+        container = _first_container(run.pod)
+        path = str(container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH)
+        env = container.get("env") or []
+        if not any(variable.get("value") == path for variable in env):
+            return run.pod
+        _, local = self._termination_file(run, container, self._pod_directory(run))
+        container["env"] = [{**variable, "value": str(local)}
+                            if variable.get("value") == path else variable for variable in env]
+        spec = dict(run.pod.get("spec") or {})
+        spec["containers"] = [container, *(spec.get("containers") or [])[1:]]
+        return {**run.pod, "spec": spec}
+
+    def _pod_directory(self, run: _PodRun) -> Path:
+        return self.work_dir / "pods" / f"{run.namespace}_{run.name}_{run.uid[:8]}"
+
     def _log_tail(self, run: _PodRun) -> str:
         log = self._logs.get((run.namespace, run.name))
         if log is None or not log.exists():
@@ -894,14 +949,19 @@ class SimNode:
     def _spawn(self, run: _PodRun) -> subprocess.Popen[bytes]:
         pod = run.pod
         container = _first_container(pod)
-        directory = self.work_dir / "pods" / f"{run.namespace}_{run.name}_{run.uid[:8]}"
+        directory = self._pod_directory(run)
         directory.mkdir(parents=True, exist_ok=True)
         run.directory = directory
         log_path = directory / f"{container.get('name', 'main')}.log"
         self._logs[(run.namespace, run.name)] = log_path
 
         mounts = self._prepare_volumes(run, container, directory)
+        # The termination-message file is mapped like a file volume (longest paths first).
+        termination_path, termination_file = self._termination_file(run, container, directory)
+        mounts = sorted([*mounts, (termination_path, termination_file)],
+                        key=lambda item: len(item[0]), reverse=True)
         env = self._environment(run, container, mounts, directory)
+        env.setdefault("NAS_BOHB_TERMINATION_LOG", str(termination_file))
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
         if not argv:
             raise _StartError("ContainerCannotRun",

@@ -268,6 +268,37 @@ def test_failing_command_reports_exit_code_and_log_tail(
     assert terminated["message"] == "loss is nan\n"
 
 
+def test_termination_message_file_becomes_the_containers_message(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    api = kube_cluster.kube_api()
+    base = f"/api/v1/namespaces/{kube_namespace}/pods"
+    # Names the path through its own variable, writes more than 4096 bytes, then fails:
+    # the file wins over the log, and only its last 4096 bytes are kept.
+    long_message = "import os, sys; print('log'); " \
+        "open(os.environ['MESSAGE_FILE'], 'w').write('x' * 5000 + 'end'); sys.exit(1)"
+    api.post(base, make_pod("long-message", ["python", "-c", long_message], container={
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "env": [{"name": "MESSAGE_FILE", "value": "/dev/termination-log"}]}))
+    # Sets nothing: NAS_BOHB_TERMINATION_LOG names the file standing in for its own path.
+    defaulted = "import os; open(os.environ['NAS_BOHB_TERMINATION_LOG'], 'w').write('done')"
+    api.post(base, make_pod("defaulted", ["python", "-c", defaulted], container={
+        "terminationMessagePath": "/var/run/done"}))
+
+    def ended(name: str) -> dict[str, Any] | None:
+        status: dict[str, Any] = api.get(f"{base}/{name}")["status"]
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    failed = wait_until(lambda: ended("long-message"), what="the first pod to end")
+    succeeded = wait_until(lambda: ended("defaulted"), what="the second pod to end")
+
+    terminated = failed["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 1
+    assert terminated["message"] == ("x" * 5000 + "end")[-4096:]
+    assert succeeded["phase"] == "Succeeded"
+    assert succeeded["containerStatuses"][0]["state"]["terminated"]["message"] == "done"
+
+
 # --- scheduling -------------------------------------------------------------------------------
 
 
@@ -351,6 +382,27 @@ def test_simulate_hook_decides_duration_and_exit_code(
 
     assert seen == ["hooked"]
     assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 7
+
+
+def test_simulate_hook_can_leave_a_termination_message(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
+    api = kube_cluster.kube_api()
+
+    def hook(pod: dict[str, Any]) -> tuple[float, int]:
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        Path(env["RESULT_FILE"]).write_text('{"loss": 0.25}')
+        return 0.0, 0
+
+    container = {"env": [{"name": "RESULT_FILE", "value": "/dev/termination-log"}]}
+    with kube_cluster.node(mode="simulate", simulate=hook, taints=[]) as node:
+        api.post(f"/api/v1/namespaces/{kube_namespace}/pods",
+                 make_pod("reporter", ["true"], nodeName=node.name, container=container))
+        path = f"/api/v1/namespaces/{kube_namespace}/pods/reporter"
+        status = wait_until(lambda: (lambda s: s if s.get("phase") == "Succeeded" else None)(
+            api.get(path)["status"]), what="the pod to succeed")
+
+    assert status["containerStatuses"][0]["state"]["terminated"]["message"] == '{"loss": 0.25}'
 
 
 def test_pod_watch_resumes_after_a_broken_stream_without_listing_again(

@@ -270,3 +270,38 @@ def test_interrupted_search_stops_its_trainers_and_resumes(tmp_path: Path) -> No
             os.kill(pid, 0)
     released = [e for e in events(run_dir) if e["event"] == "released"]
     assert released and not any(e["counts"] for e in released)
+
+
+def test_a_busy_or_mismatched_run_directory_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(local_spec(maxIterations=1, parallelTrialCount=2)))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "FAKE_TRAINER_SCALE": "3"}
+    first = _cli(run_dir, spec_file, env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(run_dir.glob("trials/*/process.json")):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        ledger_before = (run_dir / "ledger.jsonl").read_bytes()
+        second = _cli(run_dir, spec_file, env)
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 2, output.decode()
+        assert f"in use by another nas-bohb process (pid {first.pid})" in output.decode()
+        assert (run_dir / "ledger.jsonl").read_bytes().startswith(ledger_before)
+    finally:
+        first.kill()
+        first.wait()
+
+    # The same directory with another spec: refused, and the ledger is left as it was.
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(local_spec(maxIterations=1, parallelTrialCount=2,
+                                               seed=12345)))
+    ledger_before = (run_dir / "ledger.jsonl").read_bytes()
+    third = _cli(run_dir, other, env)
+    output, _ = third.communicate(timeout=60)
+    assert third.returncode == 2, output.decode()
+    assert "ledger.jsonl" in output.decode()
+    assert (run_dir / "ledger.jsonl").read_bytes() == ledger_before

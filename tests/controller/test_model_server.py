@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,21 @@ def test_model_process_proposes_plain_values_and_is_restarted_with_its_history()
         assert model.model_budgets == [1.0], "the new child refitted the model from history"
     finally:
         model.close()
+
+
+def test_the_model_loads_only_the_kde_of_statsmodels_and_leaves_statsmodels_api_intact() -> None:
+    probe = (
+        "import sys\n"
+        "import controller.engine.model\n"
+        "from hpbandster.optimizers.config_generators import bohb\n"
+        "from statsmodels.nonparametric.kernel_density import KDEMultivariate\n"
+        "print('patsy' in sys.modules, 'statsmodels.api' in sys.modules,\n"
+        "      bohb.sm.nonparametric.KDEMultivariate is KDEMultivariate)\n"
+        "import statsmodels.api\n"
+        "print(hasattr(statsmodels.api, 'OLS'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    # No patsy or full statsmodels.api in the model's process; hpbandster fits statsmodels'
+    # own KDE class; a later import of statsmodels.api elsewhere gets the real module.
+    assert out == ["False", "False", "True", "True"]

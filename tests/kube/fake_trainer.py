@@ -15,6 +15,15 @@ default mode):
 ``badtype``  write a result whose validation error is a string (bypassing the reporter's
              checks), then exit 0
 ``slow``     ``ok`` after ``FAKE_TRAINER_SLOW_SECONDS`` (default 8): time to delete its Job
+``unreachable``
+             ``ok``, but the reporter is pointed at a closed port of the API server's host
+             with a 2 s deadline: the result can leave only through the termination
+             message the reporter writes (``NAS_BOHB_TERMINATION_LOG``)
+``unreachable_crash``
+             as ``unreachable``, then exit code 3 (the Job fails)
+``wrongid``  write a well-formed termination message for another trial, report nothing,
+             exit 0
+``garbage``  write garbage into the termination message, report nothing, exit 0
 
 Every start appends ``<trial id> <attempt> <pid>`` to ``FAKE_TRAINER_LOG``, which is how
 the tests check that no trial ran twice. ``FAKE_TRAINER_SECONDS`` (default 1) is the
@@ -70,9 +79,20 @@ def main() -> int:
     if mode == "hang":
         time.sleep(3600)
         return 0
+    if mode.startswith("unreachable"):
+        # Nothing listens on port 1: every status write is refused until the deadline.
+        os.environ["KUBERNETES_SERVICE_PORT"] = "1"
+        os.environ["NAS_BOHB_REPORT_DEADLINE"] = "2"
     reporter = report.make_reporter(args.report)
     if mode == "silent":
         time.sleep(seconds)
+        return 0
+    if mode in ("wrongid", "garbage"):
+        time.sleep(seconds)
+        message = report.termination_message("9-9-9-b9", {
+            "status": "ok", "validation_error": 0.01, "attempt": attempt})
+        data = message if mode == "wrongid" and message else b"{not json at all"
+        report.write_termination_message(os.environ["NAS_BOHB_TERMINATION_LOG"], data)
         return 0
     reporter.on_progress({"epoch": 1, "train_seconds": budget / 2, "budget_seconds": budget,
                           "train_loss": 1.5, "lr": 0.1, "validation_error": None})
@@ -98,7 +118,7 @@ def main() -> int:
         os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(report.json_safe(record), handle)
-    return 0
+    return 3 if mode == "unreachable_crash" else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 
 from controller.kube import runner
 from controller.kube import status as st
+from trainer import report
 
 
 def make_record(**overrides: Any) -> dict[str, Any]:
@@ -59,6 +60,68 @@ class TestTrainerResults:
         assert isinstance(progress, st.ReportedProgress)
         assert (progress.fraction, progress.attempt) == (0.25, 2)
         assert isinstance(st.parse_progress({"epoch": "one"}), st.ReportProblem)
+
+
+class TestTerminationMessages:
+    TRIAL = "0-0-3-b1"
+
+    def message(self, **overrides: Any) -> str:
+        data = report.termination_message(self.TRIAL, make_record(**overrides))
+        assert data is not None
+        return data.decode()
+
+    def test_the_trainers_own_message_is_accepted_as_its_result(self) -> None:
+        entry = report.result_entry({"status": "ok", "validation_error": math.nan,
+                                     "test_error": 0.3, "learning_curve": [{"epoch": 1}]})
+        entry["attempt"] = 2
+        data = report.termination_message(self.TRIAL, entry)
+        assert data is not None
+        result = st.parse_termination_message(data.decode(), self.TRIAL)
+        assert isinstance(result, st.ReportedResult)
+        assert (result.attempt, result.validation_error, result.test_error) == (2, None, 0.3)
+        assert result.record == entry
+
+    @pytest.mark.parametrize("text", [
+        pytest.param(None, id="no-message"),
+        pytest.param("", id="empty"),
+        pytest.param("Traceback (most recent call last):\n  ...\nValueError: x\n",
+                     id="a-crashed-trainers-log-tail"),
+        pytest.param('{"loss": 0.1}', id="json-of-something-else"),
+        pytest.param('{"trialId": "0-0-3-b1", "result": ', id="cut-off"),
+    ])
+    def test_text_that_is_no_result_message_is_nothing_to_warn_about(
+            self, text: str | None) -> None:
+        assert st.parse_termination_message(text, self.TRIAL) is None
+
+    @pytest.mark.parametrize(("make", "words"), [
+        pytest.param(lambda m: m.replace("0-0-3-b1", "9-9-9-b9"), "trial '9-9-9-b9'",
+                     id="another-trial"),
+        pytest.param(lambda m: m.replace('"validation_error":0.2', '"validation_error":"0.2"'),
+                     "validation_error", id="string-error"),
+        pytest.param(lambda m: m.replace('"status":"ok"', '"status":"great"'), "status",
+                     id="unknown-status"),
+        pytest.param(lambda m: m.replace('"attempt":1', '"attempt":-1'), "attempt",
+                     id="bad-attempt"),
+        pytest.param(lambda m: m.replace('"result":{', '"result":{"pad":"' + "x" * 4096
+                                         + '",'), "more than 4096", id="oversize"),
+    ])
+    def test_a_wrong_result_message_is_refused_with_a_reason(
+            self, make: Any, words: str) -> None:
+        problem = st.parse_termination_message(make(self.message()), self.TRIAL)
+        assert isinstance(problem, st.ReportProblem)
+        assert problem.reason == "InvalidTerminationMessage"
+        assert words in problem.message
+
+    def test_the_trainer_containers_message_is_read_from_the_pod(self) -> None:
+        terminated = {"exitCode": 0, "message": "hello"}
+        pod = {"status": {"containerStatuses": [
+            {"name": "sidecar", "state": {"terminated": {"message": "not this"}}},
+            {"name": "trainer", "state": {"terminated": terminated}}]}}
+        assert runner._termination_message(pod) == "hello"
+        running = {"status": {"containerStatuses": [
+            {"name": "trainer", "state": {"running": {}}}]}}
+        assert runner._termination_message(running) is None
+        assert runner._termination_message({"metadata": {"name": "p"}}) is None
 
 
 class TestJsonSafety:

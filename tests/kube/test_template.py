@@ -88,6 +88,14 @@ class TestJob:
         assert env["NAS_BOHB_TRIAL_ATTEMPT"] == "1"
         assert pod["serviceAccountName"] == "cifar-trainer"
 
+    def test_trainer_writes_its_termination_message_where_the_kubelet_reads_it(self) -> None:
+        container = build()["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NAS_BOHB_TERMINATION_LOG"] == container["terminationMessagePath"]
+        assert container["terminationMessagePath"] == "/dev/termination-log"
+        # The file first; the log's last lines only when it is empty and the trainer failed.
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
     def test_later_attempts_get_their_own_job_name(self) -> None:
         assert build(attempt=1)["metadata"]["name"] == "cifar-3-0-7-b2"
         assert build(attempt=2)["metadata"]["name"] == "cifar-3-0-7-b2-a2"

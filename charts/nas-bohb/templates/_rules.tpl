@@ -22,7 +22,9 @@ equal manifests/rbac.yaml.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# Why a trial's Job failed: the pod's exit code and reason (read only).
+# A trial's Job that ended without a result in the status: the pod's termination
+# message (the trainer's result, when its status write did not get through), else why
+# it failed: exit code and reason (read only, one list per such Job).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
