@@ -11,8 +11,12 @@ ServiceAccount token through :mod:`trainer.report`, as a trainer pod would, and 
 ends when the operator deletes the Job (or, if the result never got through, after the
 reporter's deadline).
 
-What it prints: the operator's CPU seconds and peak memory (from ``/proc``; alone, and
-with its children: the engine runs BOHB's model in a child process), dispatch latency per
+The operator runs with the plain environment settings of ``manifests/deployment.yaml``
+(``MALLOC_ARENA_MAX``), as installed.
+
+What it prints: the operator's CPU seconds and peak memory (from ``/proc``: RSS alone and
+with its child, the BOHB model process, and the summed PSS of both, which is what the
+pod's memory cgroup is charged: shared libraries count once), dispatch latency per
 trial (``dispatch=`` of the status lines: from the event that freed a slot to the Job's
 creation; median and 99th percentile), the outcomes, the operator's API calls per trial
 (counted by its client), all API server requests per trial (from the server's
@@ -304,7 +308,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         requests_before = _apiserver_requests(api)
 
         log_path = work / "operator.log"
-        env = {**os.environ, "KUBECONFIG": str(operator_config), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **_deployment_env(), "KUBECONFIG": str(operator_config),
+               "PYTHONPATH": str(ROOT)}
         command = [sys.executable, "-m", "controller.kube", "-n", namespace]
         if args.profile:
             # cProfile of the operator's event-loop thread, written when it stops.
@@ -400,6 +405,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "reports_sent": reports.sent, "reports_failed": reports.failed,
             "operator_log": str(log_path),
         }
+
+
+def _deployment_env() -> dict[str, str]:
+    """The operator container's plain settings in ``manifests/`` (``MALLOC_ARENA_MAX``...).
+
+    The benchmark runs the operator with them, as the install does; ``NAS_BOHB_*`` values
+    name the pod's files and ports and are left out.
+    """
+    import yaml
+
+    for document in yaml.safe_load_all((ROOT / "manifests" / "deployment.yaml").read_text()):
+        if isinstance(document, dict) and document.get("kind") == "Deployment":
+            container = document["spec"]["template"]["spec"]["containers"][0]
+            return {e["name"]: str(e["value"]) for e in container.get("env") or []
+                    if "value" in e and not e["name"].startswith("NAS_BOHB_")}
+    raise SystemExit("manifests/deployment.yaml holds no Deployment")
 
 
 def _has_default_account(api: simnode.KubeApi, namespace: str) -> bool:
