@@ -20,11 +20,10 @@ entries by name (an entry is replaced whole: fields it leaves out take their def
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import ConfigSpace as CS
+from typing import TYPE_CHECKING, Any
 
 from controller.spec import (
     ConditionSpec,
@@ -34,6 +33,9 @@ from controller.spec import (
     SpecError,
 )
 from trainer import params as trainer_params
+
+if TYPE_CHECKING:
+    import ConfigSpace as CS
 
 # Preset defaults where "off" is the natural value; the rest take ConfigSpace's default
 # (the middle of the range, in log space for log-scaled parameters).
@@ -75,14 +77,30 @@ class ResolvedParameter:
 
 
 class SearchSpace:
-    """A resolved space: its ConfigSpace and the conversion to trainer configurations."""
+    """A resolved space: the conversion to trainer configurations, and its ConfigSpace.
+
+    The ConfigSpace is built on first use (:attr:`configspace`): ConfigSpace brings
+    scipy.stats, about 70 MB, and only BOHB's model needs it. The operator resolves,
+    validates and converts configurations without it; its model process builds it.
+    """
 
     def __init__(self, parameters: tuple[ResolvedParameter, ...],
-                 configspace: CS.ConfigurationSpace) -> None:
+                 spec: SearchSpaceSpec | None = None, seed: int | None = None) -> None:
         self.parameters = parameters
-        self.configspace = configspace
+        self._spec = spec if spec is not None else SearchSpaceSpec()
+        self._seed = seed
+        self._configspace: CS.ConfigurationSpace | None = None
+        self._configspace_lock = threading.Lock()
         self._by_name = {p.name: p for p in parameters}
         self._searched = tuple(p.name for p in parameters if p.searched)
+
+    @property
+    def configspace(self) -> CS.ConfigurationSpace:
+        """The space as ConfigSpace's ``ConfigurationSpace`` (seeded as built), made once."""
+        with self._configspace_lock:
+            if self._configspace is None:
+                self._configspace = _configspace(self.parameters, self._spec, self._seed)
+            return self._configspace
 
     @property
     def dimensions(self) -> int:
@@ -115,6 +133,8 @@ class SearchSpace:
 
     def to_configuration(self, values: Mapping[str, Any]) -> CS.Configuration:
         """A plain mapping (from the ledger) back to a ConfigSpace configuration."""
+        import ConfigSpace as CS
+
         return CS.Configuration(self.configspace, values=dict(values))
 
 
@@ -157,13 +177,12 @@ def build(space: SearchSpaceSpec, seed: int | None = None) -> SearchSpace:
         raise SpecError(f"{base}.parameters", "the space is empty: every parameter is a "
                         "constant, so there is nothing to search")
 
-    configspace = CS.ConfigurationSpace(seed=seed)
-    hyper = {p.name: _hyperparameter(p) for p in resolved if p.searched}
-    configspace.add(list(hyper.values()))
+    # Everything ConfigSpace would refuse is refused here, in our words and without
+    # ConfigSpace (see SearchSpace); building it later cannot fail.
     by_name = {p.name: p for p in resolved}
-    _add_conditions(configspace, space.conditions, by_name, hyper, f"{base}.conditions")
-    _add_forbidden(configspace, space.forbidden, by_name, hyper, f"{base}.forbidden")
-    return SearchSpace(resolved, configspace)
+    _check_conditions(space.conditions, by_name, f"{base}.conditions")
+    _check_forbidden(space, by_name, f"{base}.forbidden")
+    return SearchSpace(resolved, space, seed)
 
 
 def check_baseline(config: Mapping[str, Value], path: str) -> dict[str, Value]:
@@ -225,18 +244,6 @@ def _middle(p: ParameterSpec) -> Value:
     return round(middle) if p.type == "int" else middle
 
 
-def _hyperparameter(p: ResolvedParameter) -> Any:
-    s = p.spec
-    if s.type == "categorical":
-        return CS.CategoricalHyperparameter(s.name, list(s.choices or ()),
-                                            default_value=p.default)
-    if s.type == "int":
-        return CS.UniformIntegerHyperparameter(s.name, int(s.low or 0), int(s.high or 0),
-                                               log=s.log, default_value=int(p.default))
-    return CS.UniformFloatHyperparameter(s.name, float(s.low or 0.0), float(s.high or 0.0),
-                                         log=s.log, default_value=float(p.default))
-
-
 def _accepts(p: ResolvedParameter, value: Value) -> bool:
     """Whether a searched parameter can take ``value``."""
     s = p.spec
@@ -259,9 +266,11 @@ def _searched(name: str, by_name: Mapping[str, ResolvedParameter], path: str) ->
     return p
 
 
-def _condition(c: ConditionSpec, parent: ResolvedParameter, hyper: Mapping[str, Any],
-               path: str) -> Any:
-    child_hp, parent_hp = hyper[c.child], hyper[c.parent]
+# --- checks (no ConfigSpace) ------------------------------------------------------------
+
+
+def _check_condition(c: ConditionSpec, parent: ResolvedParameter, path: str) -> None:
+    """A condition must be one that can be true, on a value the parent can take."""
     if c.op == "equals":
         if parent.spec.type == "float":
             raise SpecError(f"{path}.equals", f"{c.parent!r} is continuous, so equals is "
@@ -269,7 +278,7 @@ def _condition(c: ConditionSpec, parent: ResolvedParameter, hyper: Mapping[str, 
         if not _accepts(parent, c.value):
             raise SpecError(f"{path}.equals", f"{c.value!r} is not a value {c.parent!r} "
                             "can take, so the condition is never true")
-        return CS.EqualsCondition(child_hp, parent_hp, c.value)
+        return
     if c.op == "in":
         if parent.spec.type == "float":
             raise SpecError(f"{path}.in", f"{c.parent!r} is continuous; use greaterThan "
@@ -278,74 +287,160 @@ def _condition(c: ConditionSpec, parent: ResolvedParameter, hyper: Mapping[str, 
             if not _accepts(parent, v):
                 raise SpecError(f"{path}.in[{j}]", f"{v!r} is not a value {c.parent!r} "
                                 "can take")
-        return CS.InCondition(child_hp, parent_hp, list(c.value))
+        return
     if parent.spec.type == "categorical":
         raise SpecError(f"{path}.{c.op}", f"{c.parent!r} is categorical (unordered); use "
                         "equals or in")
     low, high = parent.spec.low, parent.spec.high
     assert low is not None and high is not None
-    if c.op == "greaterThan":
-        if not c.value < high:
-            raise SpecError(f"{path}.greaterThan", f"{c.parent!r} never exceeds {high:g}, "
-                            "so the condition is never true")
-        return CS.GreaterThanCondition(child_hp, parent_hp, c.value)
-    if not c.value > low:
+    # ConfigSpace wants the threshold to be a value the parent can take.
+    if not _accepts(parent, c.value):
+        kind = "an integer " if parent.spec.type == "int" else ""
+        raise SpecError(f"{path}.{c.op}", f"must be {kind}in [{low:g}, {high:g}], the range "
+                        f"of {c.parent!r}; got {c.value!r}")
+    if c.op == "greaterThan" and not c.value < high:
+        raise SpecError(f"{path}.greaterThan", f"{c.parent!r} never exceeds {high:g}, "
+                        "so the condition is never true")
+    if c.op == "lessThan" and not c.value > low:
         raise SpecError(f"{path}.lessThan", f"{c.parent!r} is never below {low:g}, so the "
                         "condition is never true")
-    return CS.LessThanCondition(child_hp, parent_hp, c.value)
 
 
-def _add_conditions(configspace: CS.ConfigurationSpace, conditions: tuple[ConditionSpec, ...],
-                    by_name: Mapping[str, ResolvedParameter], hyper: Mapping[str, Any],
-                    base: str) -> None:
-    # Conditions on the same child are combined with AND, as ConfigSpace requires.
-    grouped: dict[str, list[Any]] = {}
-    last_path: dict[str, str] = {}
+def _check_conditions(conditions: tuple[ConditionSpec, ...],
+                      by_name: Mapping[str, ResolvedParameter], base: str) -> None:
+    # Conditions on the same child are combined with AND (as ConfigSpace requires); the
+    # dependency graph must stay acyclic.
+    children: dict[str, set[str]] = {}  # parent -> children
+    grouped: dict[str, str] = {}  # child -> path of its last condition
     for i, c in enumerate(conditions):
         path = f"{base}[{i}]"
         _searched(c.child, by_name, f"{path}.child")
         parent = _searched(c.parent, by_name, f"{path}.parent")
         if c.child == c.parent:
             raise SpecError(f"{path}.parent", "a parameter cannot depend on itself")
-        grouped.setdefault(c.child, []).append(_condition(c, parent, hyper, path))
-        last_path[c.child] = path
-    for child, items in grouped.items():
-        condition = items[0] if len(items) == 1 else CS.AndConjunction(*items)
-        try:
-            configspace.add(condition)
-        except Exception as exc:  # ConfigSpace raises several unrelated types here.
-            detail = "the conditions form a cycle" if "Cyclic" in type(exc).__name__ \
-                else f"{type(exc).__name__}: {exc}"
-            raise SpecError(last_path[child], f"contradictory condition on {child!r}: "
-                            f"{detail}") from exc
+        _check_condition(c, parent, path)
+        grouped[c.child] = path
+    for child, path in grouped.items():
+        for c in conditions:
+            if c.child == child:
+                children.setdefault(c.parent, set()).add(child)
+        if _reaches(children, child, child):
+            raise SpecError(path, f"contradictory condition on {child!r}: the conditions "
+                            "form a cycle")
 
 
-def _clause(c: ForbiddenClause, by_name: Mapping[str, ResolvedParameter],
-            hyper: Mapping[str, Any], path: str) -> Any:
+def _reaches(children: Mapping[str, set[str]], start: str, target: str) -> bool:
+    """Whether ``target`` is below ``start`` in the dependency graph."""
+    seen: set[str] = set()
+    todo = list(children.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node == target:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(children.get(node, ()))
+    return False
+
+
+def _holds(c: ConditionSpec, value: Value) -> bool:
+    if c.op == "equals":
+        return bool(value == c.value)
+    if c.op == "in":
+        return value in c.value
+    if c.op == "greaterThan":
+        return bool(value > c.value)
+    return bool(value < c.value)
+
+
+def _default_configuration(space: SearchSpaceSpec,
+                           by_name: Mapping[str, ResolvedParameter]) -> dict[str, Value]:
+    """The searched parameters' defaults, without those their conditions make inactive
+    (ConfigSpace's default configuration)."""
+    values = {name: p.default for name, p in by_name.items() if p.searched}
+    changed = True
+    while changed:  # Inactivity propagates down the (acyclic) dependency graph.
+        changed = False
+        for c in space.conditions:
+            if c.child in values and (c.parent not in values
+                                      or not _holds(c, values[c.parent])):
+                del values[c.child]
+                changed = True
+    return values
+
+
+def _check_clause(c: ForbiddenClause, by_name: Mapping[str, ResolvedParameter],
+                  path: str) -> None:
     p = _searched(c.name, by_name, f"{path}.name")
     values = list(c.value) if c.op == "in" else [c.value]
     for j, v in enumerate(values):
         if not _accepts(p, v):
             at = f"{path}.in[{j}]" if c.op == "in" else f"{path}.equals"
             raise SpecError(at, f"{v!r} is not a value {c.name!r} can take")
-    if c.op == "in":
-        return CS.ForbiddenInClause(hyper[c.name], values)
-    return CS.ForbiddenEqualsClause(hyper[c.name], c.value)
 
 
-def _add_forbidden(configspace: CS.ConfigurationSpace, forbidden: tuple[Any, ...],
-                   by_name: Mapping[str, ResolvedParameter], hyper: Mapping[str, Any],
-                   base: str) -> None:
-    for i, fb in enumerate(forbidden):
+def _check_forbidden(space: SearchSpaceSpec, by_name: Mapping[str, ResolvedParameter],
+                     base: str) -> None:
+    defaults = _default_configuration(space, by_name)
+    for i, fb in enumerate(space.forbidden):
         path = f"{base}[{i}]"
-        clauses = [_clause(c, by_name, hyper, f"{path}.all[{j}]") for j, c in enumerate(fb.all)]
+        for j, c in enumerate(fb.all):
+            _check_clause(c, by_name, f"{path}.all[{j}]")
         names = [c.name for c in fb.all]
         if len(set(names)) != len(names):
             raise SpecError(f"{path}.all", f"names a parameter twice: {names}")
-        clause = clauses[0] if len(clauses) == 1 else CS.ForbiddenAndConjunction(*clauses)
-        try:
-            configspace.add(clause)
-        except Exception as exc:  # ForbiddenValueError and friends.
+        if all(c.name in defaults and (defaults[c.name] in c.value if c.op == "in"
+                                       else defaults[c.name] == c.value) for c in fb.all):
             raise SpecError(path, "forbids the default configuration, which ConfigSpace "
-                            "refuses; give the parameters involved a default outside it "
-                            f"({exc})") from exc
+                            "refuses; give the parameters involved a default outside it")
+
+
+# --- ConfigSpace (built on first use) --------------------------------------------------
+
+
+def _configspace(parameters: tuple[ResolvedParameter, ...], space: SearchSpaceSpec,
+                 seed: int | None) -> CS.ConfigurationSpace:
+    """ConfigSpace's form of a space that :func:`build` has checked."""
+    import ConfigSpace as CS
+
+    configspace = CS.ConfigurationSpace(seed=seed)
+    hyper = {p.name: _hyperparameter(p) for p in parameters if p.searched}
+    configspace.add(list(hyper.values()))
+    grouped: dict[str, list[Any]] = {}
+    for c in space.conditions:
+        grouped.setdefault(c.child, []).append(_condition(c, hyper))
+    for items in grouped.values():
+        configspace.add(items[0] if len(items) == 1 else CS.AndConjunction(*items))
+    for fb in space.forbidden:
+        clauses = [CS.ForbiddenInClause(hyper[c.name], list(c.value)) if c.op == "in"
+                   else CS.ForbiddenEqualsClause(hyper[c.name], c.value) for c in fb.all]
+        configspace.add(clauses[0] if len(clauses) == 1
+                        else CS.ForbiddenAndConjunction(*clauses))
+    return configspace
+
+
+def _hyperparameter(p: ResolvedParameter) -> Any:
+    import ConfigSpace as CS
+
+    s = p.spec
+    if s.type == "categorical":
+        return CS.CategoricalHyperparameter(s.name, list(s.choices or ()),
+                                            default_value=p.default)
+    if s.type == "int":
+        return CS.UniformIntegerHyperparameter(s.name, int(s.low or 0), int(s.high or 0),
+                                               log=s.log, default_value=int(p.default))
+    return CS.UniformFloatHyperparameter(s.name, float(s.low or 0.0), float(s.high or 0.0),
+                                         log=s.log, default_value=float(p.default))
+
+
+def _condition(c: ConditionSpec, hyper: Mapping[str, Any]) -> Any:
+    import ConfigSpace as CS
+
+    child, parent = hyper[c.child], hyper[c.parent]
+    if c.op == "equals":
+        return CS.EqualsCondition(child, parent, c.value)
+    if c.op == "in":
+        return CS.InCondition(child, parent, list(c.value))
+    if c.op == "greaterThan":
+        return CS.GreaterThanCondition(child, parent, c.value)
+    return CS.LessThanCondition(child, parent, c.value)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from controller import space as space_mod
 from controller import spec as spec_mod
@@ -114,3 +118,89 @@ def test_ledger_values_convert_back_to_a_configuration() -> None:
     plain = space.plain(space.configspace.sample_configuration())
     again = space.to_configuration(plain)
     assert space.plain(again) == plain
+
+
+# --- validation without ConfigSpace agrees with ConfigSpace --------------------------------
+
+_PARAMS = (
+    spec_mod.ParameterSpec("res_branches_1", "categorical", choices=(1, 2, 4)),
+    spec_mod.ParameterSpec("length", "int", low=0, high=20),
+    spec_mod.ParameterSpec("death_rate", "float", low=0.0, high=1.0, default=0.0),
+    spec_mod.ParameterSpec("momentum", "float", low=0.1, high=0.9),
+    spec_mod.ParameterSpec("initial_filters", "int", low=8, high=32, log=True),
+)
+_NAMES = [p.name for p in _PARAMS]
+#: Mostly values each parameter can take, and one it cannot.
+_LEGAL: dict[str, list[float]] = {
+    "res_branches_1": [1, 2, 4, 3], "length": [0, 5, 10, 20, 2.5], "death_rate": [0, 0.5, 1, 1.5],
+    "momentum": [0.1, 0.5, 0.9, 0.05], "initial_filters": [8, 16, 32, 40],
+}
+
+
+@st.composite
+def _conditions(draw: st.DrawFn) -> spec_mod.ConditionSpec:
+    child, parent = draw(st.permutations(_NAMES))[:2]
+    op = draw(st.sampled_from(["equals", "in", "greaterThan", "lessThan"]))
+    values = st.sampled_from(_LEGAL[parent])
+    value = tuple(draw(st.lists(values, min_size=1, max_size=3))) if op == "in" \
+        else draw(values)
+    return spec_mod.ConditionSpec(child, parent, op, value)
+
+
+@st.composite
+def _forbidden(draw: st.DrawFn) -> spec_mod.ForbiddenSpec:
+    names = draw(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=2, unique=True))
+    clauses = []
+    for name in names:
+        values = st.sampled_from(_LEGAL[name])
+        if draw(st.booleans()):
+            clauses.append(spec_mod.ForbiddenClause(name, "equals", draw(values)))
+        else:
+            listed = tuple(draw(st.lists(values, min_size=1, max_size=3)))
+            clauses.append(spec_mod.ForbiddenClause(name, "in", listed))
+    return spec_mod.ForbiddenSpec(tuple(clauses))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_conditions(), max_size=3), st.lists(_forbidden(), max_size=2))
+def test_a_space_accepted_without_configspace_is_one_configspace_builds_as_checked(
+    conditions: list[spec_mod.ConditionSpec], forbidden: list[spec_mod.ForbiddenSpec],
+) -> None:
+    plain = spec_mod.SearchSpaceSpec(parameters=_PARAMS)
+    full = spec_mod.SearchSpaceSpec(parameters=_PARAMS, conditions=tuple(conditions),
+                                    forbidden=tuple(forbidden))
+    resolved = space_mod.build(plain).parameters
+    try:  # ConfigSpace's own verdict, built eagerly with none of our checks.
+        reference: Any = space_mod._configspace(resolved, full, 0)
+    except Exception:
+        reference = None
+    try:
+        ours: space_mod.SearchSpace | None = space_mod.build(full, 0)
+    except spec_mod.SpecError:
+        ours = None
+    event("ConfigSpace refuses" if reference is None else
+          "both accept" if ours is not None else "only our checks refuse")
+    if reference is None:
+        assert ours is None, "a space ConfigSpace refuses passed validation"
+    if ours is not None:
+        # Same default configuration, inactive parameters included.
+        by_name = {p.name: p for p in ours.parameters}
+        expected = space_mod._default_configuration(full, by_name)
+        got = dict(ours.configspace.get_default_configuration())
+        assert set(got) == set(expected)
+        assert all(float(got[k]) == pytest.approx(float(v)) for k, v in expected.items())
+
+
+def test_the_operator_side_of_a_space_needs_neither_configspace_nor_scipy() -> None:
+    probe = (
+        "import sys\n"
+        "import controller.kube.handlers, controller.kube.runner, controller.metrics\n"
+        "from controller import space, spec\n"
+        "s = spec.load_spec({'budgets': {'min': 1, 'max': 9}, 'maxIterations': 1})\n"
+        "space.build(s.search_space).trainer_config({})\n"
+        "print(sorted(m for m in ('ConfigSpace', 'scipy', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    # The operator's memory: these three cost about 70 MB and only the model process needs them.
+    assert out == "[]"

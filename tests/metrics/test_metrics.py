@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import socket
 import urllib.request
+import warnings
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -182,6 +185,23 @@ def test_correlation_is_spearman_between_adjacent_budgets_only() -> None:
     assert [(c.low, c.high, c.samples) for c in found] == [(1.0, 3.0, 4), (3.0, 9.0, 4)]
     assert found[0].rho == pytest.approx(0.8)
     assert found[1].rho == pytest.approx(-0.8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.floats(-5, 5, allow_nan=False)),
+                min_size=2, max_size=40))
+def test_spearman_rho_equals_scipys_ties_included(pairs: list[tuple[int, float]]) -> None:
+    from scipy import stats  # the reference; the operator itself does not import scipy
+
+    x, y = [float(a) for a, _ in pairs], [b for _, b in pairs]
+    ours = metrics.spearman_rho(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on constant input (rho undefined)
+        reference = float(stats.spearmanr(x, y).statistic)
+    if math.isfinite(reference):
+        assert ours == pytest.approx(reference, abs=1e-9)
+    else:
+        assert ours is None
 
 
 def test_correlation_needs_three_common_finite_configurations() -> None:
