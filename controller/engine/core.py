@@ -50,6 +50,7 @@ from controller.engine.types import (
     Condition,
     Incumbent,
     Progress,
+    Proposal,
     RungProgress,
     TrialKind,
     TrialOutcome,
@@ -59,7 +60,6 @@ from controller.engine.types import (
 from controller.spec import SearchSpec
 
 if TYPE_CHECKING:
-    from controller.engine.model import Proposal
     from controller.engine.sampler import Model
 
 logger = logging.getLogger(__name__)

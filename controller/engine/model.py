@@ -32,11 +32,11 @@ import sys
 import types
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from controller.engine.types import Proposal
 from controller.space import SearchSpace, Value
 from controller.spec import BohbSpec
 
@@ -73,14 +73,6 @@ _HpBandSterBOHB = _import_generator()
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"hpbandster(\..*)?$")
 warnings.filterwarnings("ignore", category=FutureWarning, message=r".*entropy initialized.*")
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A configuration proposed by the model: ConfigSpace values, plain Python types."""
-
-    values: dict[str, Value]
-    model_based: bool
 
 
 class _Job:

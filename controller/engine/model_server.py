@@ -44,6 +44,7 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
+from controller.engine.types import Proposal
 from controller.space import Value
 
 logger = logging.getLogger(__name__)
@@ -204,9 +205,7 @@ class ModelProcess:
         self._history.append(message)
         self._call(message, sent_with_replay=True)
 
-    def propose(self) -> Any:
-        from controller.engine.model import Proposal
-
+    def propose(self) -> Proposal:
         reply = self._call({"op": "propose"}, answered=True)
         assert reply is not None
         if "error" in reply:

@@ -26,12 +26,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from controller.engine.types import Proposal
 from controller.space import Value
-
-if TYPE_CHECKING:
-    from controller.engine.model import Proposal
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,18 @@ _FAILURE_STATUSES = ("diverged", "out_of_memory", "error", "crashed", "overrun",
 
 
 @dataclass(frozen=True)
+class Proposal:
+    """A configuration proposed by BOHB's model: ConfigSpace values, plain Python types.
+
+    Defined here, not next to the model, so that code handling proposals (the sampler, a
+    model process's parent) never loads the model's libraries.
+    """
+
+    values: dict[str, int | float]
+    model_based: bool
+
+
+@dataclass(frozen=True)
 class TrialRequest:
     """One trial to run: a configuration at a budget, with everything the trainer needs."""
 

@@ -191,16 +191,24 @@ def test_a_space_accepted_without_configspace_is_one_configspace_builds_as_check
         assert all(float(got[k]) == pytest.approx(float(v)) for k, v in expected.items())
 
 
-def test_the_operator_side_of_a_space_needs_neither_configspace_nor_scipy() -> None:
+def test_the_operator_process_loads_neither_configspace_nor_scipy_even_while_sampling() -> None:
     probe = (
-        "import sys\n"
+        "import sys, time\n"
         "import controller.kube.handlers, controller.kube.runner, controller.metrics\n"
-        "from controller import space, spec\n"
+        "from controller import spec\n"
+        "from controller.engine import Engine, MemoryLedger\n"
         "s = spec.load_spec({'budgets': {'min': 1, 'max': 9}, 'maxIterations': 1})\n"
-        "space.build(s.search_space).trainer_config({})\n"
-        "print(sorted(m for m in ('ConfigSpace', 'scipy', 'numpy') if m in sys.modules))\n"
+        "engine = Engine(s, MemoryLedger())  # BOHB's model in its process, as the operator's\n"
+        "deadline = time.monotonic() + 120\n"
+        "while engine.next_trial() is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "engine.close()\n"
+        "print(engine.progress().trials_started,\n"
+        "      sorted(m for m in ('ConfigSpace', 'scipy', 'numpy', 'pandas', 'hpbandster')\n"
+        "             if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout.strip()
-    # The operator's memory: these three cost about 70 MB and only the model process needs them.
-    assert out == "[]"
+    # A trial was sampled (in the model process), and the operator's own process stayed
+    # without the model's libraries: they are about 150 MB there.
+    assert out == "1 []"
