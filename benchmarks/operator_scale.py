@@ -453,9 +453,34 @@ def main() -> int:
     for key, value in result.items():
         shown = f"{value:.3f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
+    print()
+    for line in _against_targets(result):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0 if result["phase"] == "Succeeded" else 1
+
+
+def _against_targets(result: dict[str, Any]) -> list[str]:
+    """The issue's targets next to what this run measured (the status at 1,000 trials)."""
+    def shown(value: Any, unit: str, scale: float = 1.0) -> str:
+        return "n/a" if value is None else f"{value * scale:.3g} {unit}"
+
+    rows = [
+        ("dispatch latency, median", shown(result["dispatch_median_seconds"], "s"), "< 1 s",
+         result["dispatch_median_seconds"] is not None
+         and result["dispatch_median_seconds"] < 1.0),
+        ("pod memory (PSS, operator + model process)",
+         shown(result["operator_pss_mib_peak_with_children"], "MiB"), "< 300 MB",
+         result["operator_pss_mib_peak_with_children"] * 2**20 < 300e6),
+        ("status object, largest", shown(result["status_bytes_max"], "KiB", 1 / 1024),
+         "< 1 MiB", result["status_bytes_max"] < 2**20),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'':<{width}}  {'measured':>12}  {'target':>9}"]
+    lines += [f"{name:<{width}}  {value:>12}  {target:>9}  {'met' if ok else 'NOT MET'}"
+              for name, value, target, ok in rows]
+    return lines
 
 
 if __name__ == "__main__":
