@@ -22,8 +22,9 @@ never raises for odd values, which are logged and dropped instead)::
     metrics.start_http_server(8080)                  # once, at operator start
     m = metrics.SearchMetrics("team-a", "cifar-search")
     m.trial_started(budget=400)                      # a trial's Job was created
-    m.scheduling_wait(budget=400, wait_s=3.2)        # ... its pod started running 3.2 s later
-    m.progress({400: [0.25, 0.5], 1200: [0.1]})      # running trials' progress, by budget
+    m.scheduling_wait(budget=400, wait_s=3.2)        # ... its trainer started 3.2 s later
+    m.trials_running({400: 2, 1200: 1})              # trials with a live Job, by budget
+    m.progress({400: [0.25, 0.5], 1200: [0.1]})      # reported progress, by budget
     m.trial_finished(budget=400, state="ok", duration_s=431.0, gpus=1, loss=0.12)
     m.trial_counts({"pending": 2, "running": 3, "succeeded": 10, "failed": 1})
     m.incumbent(0.081)                               # the engine's current best loss
@@ -42,7 +43,8 @@ family                                          type    labels besides namespace
 ``nas_bohb_trials_started_total``               counter budget
 ``nas_bohb_trials_finished_total``              counter budget, state (ok, diverged, ...)
 ``nas_bohb_trials_failed_total``                counter budget
-``nas_bohb_trials_running``                     gauge   budget
+``nas_bohb_trials_running``                     gauge   budget (trials whose Job exists and
+                                                        has not finished)
 ``nas_bohb_trial_progress_ratio``               gauge   budget (mean over running trials)
 ``nas_bohb_best_loss``                          gauge   (the search's incumbent)
 ``nas_bohb_budget_best_loss``                   gauge   budget
@@ -50,24 +52,36 @@ family                                          type    labels besides namespace
                                                         by finished trials)
 ``nas_bohb_gpu_seconds_total``                  counter budget (wall seconds x GPUs)
 ``nas_bohb_trial_duration_seconds``             histo.  budget
-``nas_bohb_trial_scheduling_wait_seconds``      histo.  budget
+``nas_bohb_trial_scheduling_wait_seconds``      histo.  budget (see below)
 ``nas_bohb_engine_dispatch_seconds``            histo.  (none)
 ``nas_bohb_budget_rank_correlation``            gauge   budget_low, budget_high
 ``nas_bohb_budget_rank_correlation_samples``    gauge   budget_low, budget_high
 =============================================== ======= =====================================
 
+The **scheduling wait** of a trial attempt is the time from its Job's creation to the
+moment its trainer started: the operator does not watch pods, so the start is taken from
+the attempt's first report (:func:`report_start_time`): a progress entry's ``reportedAt``
+minus its ``trainSeconds``, or a result's ``reported_at`` minus its ``wall_seconds``; when
+the report carries neither, the time the operator read it (only for Jobs this operator
+process created). It includes image pulls, volume mounts and data loading, and is observed
+once per attempt. The Job's creation is the operator's clock when it created the Job, or
+the Job's ``metadata.creationTimestamp`` for Jobs found after an operator restart. Trial
+durations run from the same creation time to the moment the operator sees the trial end;
+a trial whose creation time is unknown observes no duration.
+
 .. note::
-   Counters and per-budget best losses live in the operator's memory: after an operator
-   restart counters start again from zero (Prometheus' ``rate``/``increase`` handle resets)
-   and the operator should replay its ledger's finished results through
-   :meth:`SearchMetrics.budget_best`, :meth:`SearchMetrics.incumbent` and
-   :meth:`SearchMetrics.correlations` so the gauges are right at once. GPU seconds count
-   when a trial finishes, so their rate is lumpy on long budgets.
+   Counters and histograms live in the operator's memory: after an operator restart they
+   start again from zero (Prometheus' ``rate``/``increase`` handle resets). The gauges are
+   replayed: a running search's best losses and correlations from its ledger when its
+   engine is rebuilt, and a finished search's best losses, correlations and trial counts
+   once, from its ledger and status (:func:`ledger_losses`). GPU seconds count when a
+   trial finishes, so their rate is lumpy on long budgets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import logging
 import math
@@ -189,6 +203,91 @@ def budget_rank_correlations(
     return result
 
 
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def report_start_time(report: Mapping[str, object]) -> float | None:
+    """When a trainer started (epoch seconds), from one of its status reports, or ``None``.
+
+    A progress entry gives ``reportedAt - trainSeconds``; a result record gives
+    ``reported_at - wall_seconds`` (or ``- train_seconds``). Both are the trainer's clock.
+    """
+    for at_key, spent_keys in (("reportedAt", ("trainSeconds",)),
+                               ("reported_at", ("wall_seconds", "train_seconds"))):
+        at = _number(report.get(at_key))
+        if at is None:
+            continue
+        for key in spent_keys:
+            spent = _number(report.get(key))
+            if spent is not None and spent >= 0:
+                return at - spent
+    return None
+
+
+def scheduling_wait_seconds(created_at: float | None, report: Mapping[str, object],
+                            seen_at: float, *, seen_counts: bool = True) -> float | None:
+    """The scheduling wait of a trial attempt whose first report the operator read at
+    ``seen_at``; ``None`` when it cannot be told.
+
+    The start is :func:`report_start_time`, never later than ``seen_at`` (a trainer clock
+    running ahead); without one, ``seen_at`` itself if ``seen_counts`` (the operator saw the
+    attempt from its creation on). A start before the creation (clock skew) gives 0.
+    """
+    if created_at is None or not math.isfinite(created_at):
+        return None
+    start = report_start_time(report)
+    if start is None:
+        if not seen_counts:
+            return None
+        start = seen_at
+    return max(min(start, seen_at) - created_at, 0.0)
+
+
+def parse_timestamp(text: object) -> float | None:
+    """An RFC 3339 timestamp of the API server (``2024-05-01T12:00:00Z``) in epoch seconds."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
+def ledger_losses(events: Sequence[Mapping[str, object]]) -> dict[float, dict[str, float]]:
+    """Successful losses by budget and configuration from a search's ledger events.
+
+    Reads ``started`` events (trial -> configuration, budget, kind) and ``finished`` events
+    (outcome); baselines are left out, as in the engine's results. For a finished search,
+    whose engine the operator does not rebuild.
+    """
+    trials: dict[str, tuple[str, float]] = {}
+    losses: dict[float, dict[str, float]] = {}
+    for event in events:
+        trial_id = event.get("trial_id")
+        if not isinstance(trial_id, str):
+            continue
+        if event.get("event") == "started":
+            config_id, budget = event.get("config_id"), _number(event.get("budget"))
+            if event.get("kind") != "baseline" and isinstance(config_id, str) \
+                    and budget is not None:
+                trials[trial_id] = (config_id, budget)
+        elif event.get("event") == "finished" and trial_id in trials:
+            outcome = event.get("outcome")
+            if not isinstance(outcome, Mapping) or outcome.get("status") != "ok":
+                continue
+            loss = _number(outcome.get("validation_error"))
+            if loss is not None:
+                config_id, budget = trials[trial_id]
+                losses.setdefault(budget, {})[config_id] = loss
+    return losses
+
+
 class Families:
     """The metric families, registered once in one registry.
 
@@ -215,7 +314,8 @@ class Families:
         self.failed = Counter(p + "trials_failed_total",
                               "Trials that finished without a usable result, by budget.",
                               per_budget, registry=reg)
-        self.running = Gauge(p + "trials_running", "Trials running now, by budget.",
+        self.running = Gauge(p + "trials_running",
+                             "Trials running now (Job created, not finished), by budget.",
                              per_budget, registry=reg)
         self.progress = Gauge(p + "trial_progress_ratio",
                               "Mean progress (0-1) of the trials running now, by budget.",
@@ -235,7 +335,9 @@ class Families:
                                   "Wall time of finished trials, seconds.",
                                   per_budget, buckets=_DURATION_BUCKETS, registry=reg)
         self.wait = Histogram(p + "trial_scheduling_wait_seconds",
-                              "Seconds from a trial's Job creation to its pod running.",
+                              "Seconds from a trial attempt's Job creation to its trainer "
+                              "starting (first report's time minus the seconds it reports; "
+                              "includes image pull and data loading).",
                               per_budget, buckets=_WAIT_BUCKETS, registry=reg)
         self.dispatch = Histogram(p + "engine_dispatch_seconds",
                                   "Seconds the search engine spends per dispatch decision.",
@@ -304,6 +406,7 @@ class SearchMetrics:
         self._children: dict[int, set[tuple[str, ...]]] = {}
         self._budget_best: dict[str, float] = {}
         self._running_budgets: set[str] = set()
+        self._progress_budgets: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -342,10 +445,12 @@ class SearchMetrics:
         with self._lock:
             self._labels(self._f.wait, budget_label(budget)).observe(wait_s)
 
-    def trial_finished(self, budget: float, state: str, duration_s: float,
+    def trial_finished(self, budget: float, state: str, duration_s: float | None,
                        gpus: float = 0.0, loss: float | None = None,
                        train_s: float | None = None) -> None:
-        """A trial ended in ``state`` (see :data:`FINISHED_STATES`) after ``duration_s``.
+        """A trial ended in ``state`` (see :data:`FINISHED_STATES`) after ``duration_s``
+        (``None`` when unknown: then no duration, GPU seconds or duration-based budget
+        seconds are counted).
 
         ``gpus`` is the number of GPUs its pod held (GPU seconds = duration x GPUs); ``loss``
         its validation loss when it has one, which updates the budget's best loss;
@@ -363,12 +468,15 @@ class SearchMetrics:
                 self._labels(self._f.failed, b).inc()
             # Make sure the failed counter exists (at 0) even before the first failure.
             self._labels(self._f.failed, b)
-            duration_ok = self._finite("trial duration", duration_s) and duration_s >= 0
+            duration_ok = (duration_s is not None and self._finite("trial duration", duration_s)
+                           and duration_s >= 0)
             if train_s is not None and self._finite("train seconds", train_s) and train_s >= 0:
                 self._labels(self._f.budget_seconds, b).inc(train_s)
             elif duration_ok:
+                assert duration_s is not None
                 self._labels(self._f.budget_seconds, b).inc(min(duration_s, max(budget, 0.0)))
             if duration_ok:
+                assert duration_s is not None
                 self._labels(self._f.duration, b).observe(duration_s)
                 if self._finite("GPU count", gpus) and gpus > 0:
                     self._labels(self._f.gpu_seconds, b).inc(duration_s * gpus)
@@ -388,11 +496,26 @@ class SearchMetrics:
             for state in TRIAL_STATES:
                 self._labels(self._f.trials, state).set(int(counts.get(state, 0)))
 
-    def progress(self, by_budget: Mapping[float, Sequence[float]]) -> None:
-        """The progress fractions (0-1) of the trials running now, by budget.
+    def trials_running(self, by_budget: Mapping[float, int]) -> None:
+        """How many trials run now (their Job exists and has not finished), by budget.
 
-        Sets the running-trial count and mean progress per budget; a budget seen before but
-        absent now drops to 0 running trials and loses its progress series.
+        A budget seen before but absent now drops to 0.
+        """
+        with self._lock:
+            now: set[str] = set()
+            for budget, count in by_budget.items():
+                b = budget_label(budget)
+                now.add(b)
+                self._labels(self._f.running, b).set(max(int(count), 0))
+            for b in self._running_budgets - now:
+                self._labels(self._f.running, b).set(0)
+            self._running_budgets |= now
+
+    def progress(self, by_budget: Mapping[float, Sequence[float]]) -> None:
+        """The reported progress fractions (0-1) of the trials running now, by budget.
+
+        Sets the mean progress per budget; a budget without (finite) fractions now loses its
+        progress series. Running-trial counts are :meth:`trials_running`'s.
         """
         with self._lock:
             now: set[str] = set()
@@ -400,16 +523,12 @@ class SearchMetrics:
                 b = budget_label(budget)
                 values = [min(max(float(x), 0.0), 1.0) for x in fractions
                           if isinstance(x, (int, float)) and math.isfinite(x)]
-                now.add(b)
-                self._labels(self._f.running, b).set(len(fractions))
                 if values:
+                    now.add(b)
                     self._labels(self._f.progress, b).set(sum(values) / len(values))
-                else:
-                    self._remove(self._f.progress, b)
-            for b in self._running_budgets - now:
-                self._labels(self._f.running, b).set(0)
+            for b in self._progress_budgets - now:
                 self._remove(self._f.progress, b)
-            self._running_budgets |= now
+            self._progress_budgets = now
 
     # -- results ---------------------------------------------------------------------------
 
@@ -470,5 +589,6 @@ class SearchMetrics:
                         metric.remove(*values)
             self._budget_best.clear()
             self._running_budgets.clear()
+            self._progress_budgets.clear()
         logger.info("Search %s/%s: metrics removed.", self.namespace, self.name)
 

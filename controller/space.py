@@ -389,10 +389,24 @@ def _check_forbidden(space: SearchSpaceSpec, by_name: Mapping[str, ResolvedParam
         names = [c.name for c in fb.all]
         if len(set(names)) != len(names):
             raise SpecError(f"{path}.all", f"names a parameter twice: {names}")
+        if all(_covers_every_value(c, by_name[c.name]) for c in fb.all):
+            raise SpecError(path, f"forbids every value of {', '.join(map(repr, names))}, "
+                            "so every configuration; nothing could be sampled")
         if all(c.name in defaults and (defaults[c.name] in c.value if c.op == "in"
                                        else defaults[c.name] == c.value) for c in fb.all):
             raise SpecError(path, "forbids the default configuration, which ConfigSpace "
                             "refuses; give the parameters involved a default outside it")
+
+
+def _covers_every_value(c: ForbiddenClause, p: ResolvedParameter) -> bool:
+    """Whether a clause names every value its (categorical or integer) parameter can take."""
+    listed = set(c.value) if c.op == "in" else {c.value}
+    if p.spec.type == "categorical":
+        return set(p.spec.choices or ()) <= listed
+    if p.spec.type == "int" and p.spec.low is not None and p.spec.high is not None:
+        low, high = int(p.spec.low), int(p.spec.high)
+        return high - low < len(listed) and all(v in listed for v in range(low, high + 1))
+    return False
 
 
 # --- ConfigSpace (built on first use) --------------------------------------------------

@@ -503,15 +503,23 @@ class Engine:
         if running:
             return Condition("Running", "TrialsRunning", "trials are running")
         if blocked == "TimeLimitReached":
-            return Condition("Succeeded", blocked, f"the time limit of "
-                             f"{self.spec.time_limit_seconds:g} s was reached")
+            return self._ended(blocked, f"the time limit of "
+                               f"{self.spec.time_limit_seconds:g} s was reached")
         if self._nothing_left():
             if self._trial_limit_reached():
-                return Condition("Succeeded", "MaxTrialCountReached",
-                                 f"{self.spec.max_trial_count} trials were started")
-            return Condition("Succeeded", "MaxIterationsReached",
-                             f"all {len(self._iterations)} iterations finished")
+                return self._ended("MaxTrialCountReached",
+                                   f"{self.spec.max_trial_count} trials were started")
+            count = len(self._iterations)
+            return self._ended("MaxIterationsReached", f"all {count} iteration"
+                               f"{'' if count == 1 else 's'} finished")
         return Condition("Running", "Searching", "the search is running")
+
+    def _ended(self, reason: str, message: str) -> Condition:
+        """A search that ran to its end succeeded only if some trial did."""
+        if any(t.outcome is not None and t.outcome.ok for t in self._bohb_trials()):
+            return Condition("Succeeded", reason, message)
+        return Condition("Failed", "NoSuccessfulTrial",
+                         f"{message}, but no trial succeeded: every one failed")
 
     def _check_finished(self) -> bool:
         condition = self._condition()
@@ -697,7 +705,8 @@ class Engine:
             raise LedgerError(
                 "the ledger belongs to a search with a different shape "
                 f"(first difference at {path or 'spec'}: {_at(stored, path)!r} there, "
-                f"{_at(current, path)!r} now); start it in a new directory")
+                f"{_at(current, path)!r} now); a search of another shape starts anew (a new "
+                "run directory, or a new JointSearch)")
         for number, event in enumerate(events, start=1):
             try:
                 self._replay_one(event)

@@ -12,8 +12,10 @@ changes, and at least every ``resync_seconds``. Each pass:
    termination message (checked as a status entry is) is recorded, with an Event.
    Otherwise a Job that succeeded is a crashed trial, and a failed one is classified
    from its pod (exit code 2: invalid configuration; OOMKilled: out of memory; deadline:
-   overrun; other exit codes: crashed; evicted, deleted or vanished: an infrastructure
-   failure, released to the engine and run again as a new attempt);
+   overrun; killed by a signal (exit code 128 or more) without OOMKilled, evicted,
+   deleted or vanished: an infrastructure failure, released to the engine and run again
+   as a new attempt, abandoned after the engine's attempt limit; other exit codes:
+   crashed);
 3. ends the search when the engine says so, or stops every Job when
    ``maxFailedTrialCount`` is exceeded;
 4. asks the engine for trials while fewer than ``parallelTrialCount`` run;
@@ -116,6 +118,8 @@ class _InFlight:
     trigger: float | None = None  # When the slot this trial fills became free.
     running: bool = False
     fraction: float | None = None
+    adopted: bool = False  # Found after an operator (re)start, not created by this process.
+    waited: bool = False  # Its scheduling wait was observed.
 
 
 @dataclass
@@ -320,17 +324,29 @@ class SearchRunner:
             if not (invalid and generation != status.get("observedGeneration")):
                 await self._settle_terminal()
                 self._idle_generation = generation
+                await self._replay_finished_metrics(status)
                 return False
-
-        try:
-            search, template = self._parse(body)
-        except spec_mod.SpecError as error:
-            await self._fail_invalid(str(error), generation)
-            self._idle_generation = generation
-            return False
 
         ledger = ConfigMapLedger(self.client, body)
         count = await ledger.load()
+        try:
+            search, template = self._parse(body)
+        except spec_mod.SpecError as error:
+            stored = _stored_spec(ledger)
+            if stored is None:  # Never started: there is no spec to continue with.
+                await self._fail_invalid(str(error), generation)
+                self._idle_generation = generation
+                return False
+            # Edited into an invalid spec (perhaps while no operator watched): a started
+            # search continues with the spec its ledger records, as a running one does.
+            self._warn_once("spec", "SpecChangeRejected",
+                            f"the edited spec is invalid ({error}); the search continues "
+                            "with its previous spec")
+            search = spec_mod.load_spec(stored)
+            template = tpl.parse_template(search.trial_template)
+        # Trainer access first: no Job may exist before its ServiceAccount does, and a
+        # failure here must leave no engine behind, so that the next pass retries it.
+        await self._ensure_trainer_access(body)
         try:
             engine = await asyncio.to_thread(self._build_engine, search, ledger)
         except LedgerError as error:
@@ -349,12 +365,13 @@ class SearchRunner:
         self.terminal = False
         self._invalid_generation = None
 
-        await self._ensure_trainer_access(body)
         await self._relist_jobs()
         for request in engine.unfinished():
             name = tpl.job_name(self.name, request.trial_id, request.attempt)
             if name in self.jobs:
-                self.inflight[request.trial_id] = _InFlight(request, name, created=True)
+                self.inflight[request.trial_id] = _InFlight(
+                    request, name, created=True, adopted=True,
+                    created_at=_job_created_at(self.jobs[name]))
                 continue
             # Never created (a crash right after the ledger write) or deleted while no
             # operator watched: either way this attempt is lost. Running it again under
@@ -405,6 +422,7 @@ class SearchRunner:
             self._queue_event("Warning", "InvalidSpec", message)
             await self._patch_status(desired)
         await self._post_events()
+        await self._settle_terminal()  # A failed search leaves no Job running.
 
     async def _settle_terminal(self) -> None:
         """A finished search: make sure nothing of it still runs, then stay idle."""
@@ -425,18 +443,30 @@ class SearchRunner:
         """Create the ServiceAccount, Role and RoleBinding trainer pods report with."""
         for api_version, plural, obj in tpl.trainer_rbac(body):
             path = collection_path(api_version, plural, self.namespace)
+            name = obj["metadata"]["name"]
             try:
                 await self.client.create(path, obj)
             except ApiError as error:
                 if not error.conflict:
+                    if not error.transient:
+                        await self._access_pending(plural, name, error.message)
                     raise
                 existing = await self.client.get(
-                    object_path(api_version, plural, self.namespace, obj["metadata"]["name"]))
+                    object_path(api_version, plural, self.namespace, name))
                 if not _owned_by(existing.get("metadata") or {}, self.uid):
                     # Left by an earlier search of the same name; the GC removes it soon.
-                    raise ApiError(503, "POST", path, f"{plural} "
-                                   f"{obj['metadata']['name']} belongs to another search "
-                                   "(being garbage-collected)") from error
+                    why = "it belongs to another search (being garbage-collected)"
+                    await self._access_pending(plural, name, why)
+                    raise ApiError(503, "POST", path, f"{plural} {name} belongs to another "
+                                   "search (being garbage-collected)") from error
+        self._warned.pop("access", None)
+
+    async def _access_pending(self, plural: str, name: str, why: str) -> None:
+        """One Warning Event while trainer access cannot be created (the pass retries)."""
+        self._warn_once("access", "TrainerAccessPending",
+                        f"cannot create the trainers' {plural} {name} yet ({why}); no "
+                        "trial starts until it exists")
+        await self._post_events()
 
     async def _relist_jobs(self) -> None:
         items = await self.client.list(
@@ -553,6 +583,7 @@ class SearchRunner:
                     _drop(out, trial_id, "progress")
                 else:
                     if progress.attempt in (None, flight.request.attempt):
+                        self._metric_wait(flight, entry["progress"])
                         flight.running = True
                         flight.fraction = progress.fraction
                     _drop(out, trial_id, "progress")  # Read: the summary line shows it.
@@ -589,6 +620,7 @@ class SearchRunner:
         """Finish a running trial with a checked result record."""
         record = _bounded(raw)
         outcome = TrialOutcome.from_record(record)
+        self._metric_wait(self.inflight.get(trial_id), raw)
         self._finish(trial_id, outcome, out)
         self._recorded[trial_id] = st.fingerprint(record)
 
@@ -820,7 +852,8 @@ class SearchRunner:
                                    "message": "cancelled: the search is over", "job": None}
             self.ended[trial_id] = None
             if self.metrics is not None:
-                self.metrics.trial_finished(flight.request.budget, "cancelled", 0.0)
+                self.metrics.trial_finished(flight.request.budget, "cancelled",
+                                            self._flight_duration(flight))
 
     # -- 4. new trials -------------------------------------------------------------------
 
@@ -1014,6 +1047,14 @@ class SearchRunner:
             if self._fatal is not None:
                 conditions = st.with_condition(conditions, "Invalid", True, condition.reason,
                                                condition.message)
+        # Conditions describe the present: an earlier invalid spec or failure is cleared.
+        present = {c.get("type") for c in conditions or [] if isinstance(c, Mapping)}
+        if self._fatal is None and "Invalid" in present:
+            conditions = st.with_condition(conditions, "Invalid", False, "SpecValid",
+                                           "the search runs with a valid spec")
+        if phase != st.FAILED and "Failed" in present:
+            conditions = st.with_condition(conditions, "Failed", False, condition.reason,
+                                           condition.message)
         desired: dict[str, Any] = {
             "phase": phase,
             "reason": condition.reason,
@@ -1191,10 +1232,9 @@ class SearchRunner:
             return
         state = {"crashed": "crashed", "invalid_config": "crashed", "abandoned": "crashed",
                  "overrun": "timeout"}.get(outcome.status, outcome.status)
-        duration = self.clock() - flight.created_at if flight.created_at else 0.0
         record = outcome.record or {}
         self.metrics.trial_finished(
-            flight.request.budget, state, duration, gpus=self._gpus(),
+            flight.request.budget, state, self._flight_duration(flight), gpus=self._gpus(),
             loss=outcome.validation_error, train_s=record.get("train_seconds"))
 
     def _metric_counts(self) -> None:
@@ -1207,10 +1247,58 @@ class SearchRunner:
             "succeeded": phases[st.SUCCEEDED], "failed": phases[st.FAILED],
             "cancelled": phases["Cancelled"]})
         progress: dict[float, list[float]] = {}
+        in_flight: dict[float, int] = {}
         for flight in self.inflight.values():
+            if flight.created:
+                in_flight[flight.request.budget] = in_flight.get(flight.request.budget, 0) + 1
             if flight.fraction is not None:
                 progress.setdefault(flight.request.budget, []).append(flight.fraction)
+        self.metrics.trials_running(in_flight)
         self.metrics.progress(progress)
+
+    def _flight_duration(self, flight: _InFlight) -> float | None:
+        """Seconds since the trial's Job was created; ``None`` when that is unknown."""
+        if flight.created_at is None:
+            return None
+        return max(self.clock() - flight.created_at, 0.0)
+
+    def _metric_wait(self, flight: _InFlight | None, report: Any) -> None:
+        """Observe an attempt's scheduling wait at its first report (once per attempt)."""
+        if self.metrics is None or flight is None or flight.waited \
+                or not isinstance(report, Mapping):
+            return
+        flight.waited = True
+        wait = _metrics.scheduling_wait_seconds(flight.created_at, report, self._observed_at,
+                                                seen_counts=not flight.adopted)
+        if wait is not None:
+            self.metrics.scheduling_wait(flight.request.budget, wait)
+
+    async def _replay_finished_metrics(self, status: Mapping[str, Any]) -> None:
+        """A finished search seen at operator start: its gauges from its ledger and status.
+
+        Once, and cheaply: no Jobs, no engine; counters and histograms stay empty.
+        """
+        if _metrics is None or self.metrics is not None:
+            return
+        self.metrics = _metrics.SearchMetrics(self.namespace, self.name)
+        try:
+            ledger = ConfigMapLedger(self.client, self.body)
+            await ledger.load()
+            by_budget = _metrics.ledger_losses(ledger.read_all())
+        except Exception as error:  # Metrics never stop the operator.
+            logger.warning("Search %s: finished results not replayed into the metrics: %s.",
+                           self.key, error)
+            by_budget = {}
+        for budget, losses in by_budget.items():
+            self.metrics.budget_best(budget, min(losses.values()))
+        self.metrics.correlations(by_budget)
+        best = status.get("bestLoss")
+        if isinstance(best, (int, float)) and not isinstance(best, bool):
+            self.metrics.incumbent(float(best))
+        counts = {key: status.get(field) for key, field in (
+            ("succeeded", "trialsSucceeded"), ("failed", "trialsFailed"))}
+        self.metrics.trial_counts({k: v for k, v in counts.items() if isinstance(v, int)})
+        self.metrics.trials_running({})
 
     def _gpus(self) -> int:
         limits = (self.template.resources.get("limits") or {}) if self.template else {}
@@ -1229,6 +1317,13 @@ class SearchRunner:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _job_created_at(job: Mapping[str, Any]) -> float | None:
+    """A Job's ``metadata.creationTimestamp`` in epoch seconds, if it has one."""
+    if _metrics is None:
+        return None
+    return _metrics.parse_timestamp((job.get("metadata") or {}).get("creationTimestamp"))
 
 
 def _drop(out: _Outbox, trial_id: str, *keys: str) -> None:
@@ -1301,7 +1396,9 @@ def _pod_verdict(pod: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
         if code == 0:
             return ("trial", "crashed", "the trainer exited 0 but never reported a result")
         if isinstance(code, int) and code >= 128:
-            return ("trial", "crashed", f"the trainer was killed by signal {code - 128} "
+            # Killed from outside (node pressure, preemption, a runtime restart), not by
+            # its configuration: run it again rather than show it to the model.
+            return ("infra", "", f"the trainer was killed by signal {code - 128} "
                     f"({why or 'no reason'}): {tail}")
         return ("trial", "crashed", f"the trainer exited with code {code} ({why or 'Error'}): "
                 f"{tail}")

@@ -257,6 +257,8 @@ def test_chart_installs_and_its_operator_pod_runs_a_search_with_moving_metrics(
         assert total(samples, "nas_bohb_trials", state="succeeded", **mine) == 2
         assert total(samples, "nas_bohb_gpu_seconds_total", **mine) == 0  # CPU trials
         assert total(samples, "nas_bohb_trial_duration_seconds_count", **mine) == 2
+        # Each attempt's first report observes its wait from Job creation to trainer start.
+        assert total(samples, "nas_bohb_trial_scheduling_wait_seconds_count", **mine) == 2
         best = total(samples, "nas_bohb_best_loss", **mine)
         incumbent = status["bestLoss"]
         assert 0 < best < 1 and best == pytest.approx(incumbent)
@@ -294,6 +296,12 @@ def test_chart_installs_and_its_operator_pod_runs_a_search_with_moving_metrics(
         assert any(c["type"] == "Invalid" and c["status"] == "True"
                    for c in judged["conditions"]), judged
         assert " DEBUG " in pod_log(kube_cluster, ns, new.metadata.name, 100_000)
+        # The finished search's gauges were replayed from its ledger and status.
+        replayed = wait_for("the finished search's gauges after the restart", lambda: scrape(
+            metrics_port) if total(scrape(metrics_port), "nas_bohb_trials", state="succeeded",
+                                   **mine) == 2 else None, 30, explain=new_log)
+        assert total(replayed, "nas_bohb_best_loss", **mine) == pytest.approx(incumbent)
+        assert total(replayed, "nas_bohb_budget_best_loss", **mine) > 0
     finally:
         # 5. Uninstall removes the operator's objects and keeps the CRD.
         config.uninstall(release, timeout=60)

@@ -207,6 +207,14 @@ def test_max_trial_count_stops_new_trials() -> None:
     assert engine.condition().reason == "MaxTrialCountReached"
 
 
+def test_a_search_in_which_every_trial_failed_ends_failed_not_succeeded() -> None:
+    engine = engine_for(maxTrialCount=3, maxFailedTrialCount=10)
+    assert len(drive(engine, crash)) == 3
+    condition = engine.condition()
+    assert (condition.type, condition.reason) == ("Failed", "NoSuccessfulTrial")
+    assert "3 trials were started" in condition.message and engine.incumbent() is None
+
+
 def test_too_many_failures_fail_the_search() -> None:
     engine = engine_for(maxFailedTrialCount=2)
     drive(engine, crash)

@@ -212,3 +212,12 @@ def test_the_operator_process_loads_neither_configspace_nor_scipy_even_while_sam
     # A trial was sampled (in the model process), and the operator's own process stayed
     # without the model's libraries: they are about 150 MB there.
     assert out == "1 []"
+
+
+def test_a_forbidden_clause_that_covers_every_value_is_refused_as_such() -> None:
+    space = small_space(BRANCHES, LR, forbidden=[{"all": [{"name": "res_branches_1",
+                                                           "in": [1, 2, 4]}]}])
+    with pytest.raises(spec_mod.SpecError, match="forbids every value of 'res_branches_1'") \
+            as info:
+        _build(space)
+    assert info.value.field == "spec.searchSpace.forbidden[0]"

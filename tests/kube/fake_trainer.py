@@ -24,6 +24,8 @@ default mode):
 ``wrongid``  write a well-formed termination message for another trial, report nothing,
              exit 0
 ``garbage``  write garbage into the termination message, report nothing, exit 0
+``killed``   attempt 1 is killed by SIGKILL (as a node or runtime would kill it); later
+             attempts run as ``ok``
 
 Every start appends ``<trial id> <attempt> <pid>`` to ``FAKE_TRAINER_LOG``, which is how
 the tests check that no trial ran twice. ``FAKE_TRAINER_SECONDS`` (default 1) is the
@@ -36,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -70,6 +73,10 @@ def main() -> int:
     config = json.loads(args.config)
     budget = float(args.budget)
 
+    if mode == "killed":
+        if attempt == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        mode = "ok"
     if mode == "exit1":
         print("fake trainer: crashing on purpose", file=sys.stderr)
         return 1

@@ -203,6 +203,10 @@ class TestFailureClassification:
         pytest.param({"exitCode": 1, "reason": "Error"}, None, ("trial", "crashed"),
                      id="exit-1-crashed"),
         pytest.param(None, "Evicted", ("infra", ""), id="evicted-is-infrastructure"),
+        pytest.param({"exitCode": 137, "reason": "Error"}, None, ("infra", ""),
+                     id="killed-by-a-signal-is-infrastructure"),
+        pytest.param({"exitCode": 143}, None, ("infra", ""),
+                     id="terminated-by-sigterm-is-infrastructure"),
     ])
     def test_failed_pod_is_a_crashed_trial_or_an_infrastructure_failure(
             self, terminated: dict[str, Any] | None, reason: str | None,

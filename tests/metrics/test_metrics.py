@@ -143,12 +143,121 @@ def test_progress_reports_mean_per_budget_and_drops_idle_budgets(
     b400 = {"namespace": "team-a", "search": "cifar", "budget": "400"}
     b1200 = {**b400, "budget": "1200"}
     assert sample(families, "nas_bohb_trial_progress_ratio", **b400) == pytest.approx(0.4)
-    assert sample(families, "nas_bohb_trials_running", **b400) == 2
+    # Progress reports do not count running trials: trials_running() does.
+    assert sample(families, "nas_bohb_trials_running", **b400) is None
 
     m.progress({1200: [0.5]})
-    assert sample(families, "nas_bohb_trials_running", **b400) == 0
     assert sample(families, "nas_bohb_trial_progress_ratio", **b400) is None
     assert sample(families, "nas_bohb_trial_progress_ratio", **b1200) == 0.5
+    m.progress({1200: []})
+    assert sample(families, "nas_bohb_trial_progress_ratio", **b1200) is None
+
+
+def test_trials_running_counts_by_budget_and_zeroes_idle_budgets(
+    families: metrics.Families,
+) -> None:
+    m = make_search(families)
+    b400 = {"namespace": "team-a", "search": "cifar", "budget": "400"}
+    b1200 = {**b400, "budget": "1200"}
+    m.trials_running({400: 3, 1200: 1})
+    m.progress({400: [0.5]})  # Only one of the three has reported yet.
+    assert sample(families, "nas_bohb_trials_running", **b400) == 3
+    assert sample(families, "nas_bohb_trials_running", **b1200) == 1
+    m.trials_running({1200: 2})
+    assert sample(families, "nas_bohb_trials_running", **b400) == 0
+    assert sample(families, "nas_bohb_trials_running", **b1200) == 2
+    m.trials_running({})
+    assert sample(families, "nas_bohb_trials_running", **b1200) == 0
+    m.forget()
+    assert sample(families, "nas_bohb_trials_running", **b1200) is None
+
+
+def test_unknown_duration_observes_no_duration(families: metrics.Families) -> None:
+    m = make_search(families)
+    labels = {"namespace": "team-a", "search": "cifar", "budget": "400"}
+    m.trial_finished(400, "ok", duration_s=None, gpus=2, loss=0.3, train_s=390.0)
+    m.trial_finished(400, "cancelled", duration_s=None, gpus=2)
+    assert sample(families, "nas_bohb_trials_finished_total", state="ok", **labels) == 1
+    assert sample(families, "nas_bohb_trial_duration_seconds_count", **labels) is None
+    assert sample(families, "nas_bohb_gpu_seconds_total", **labels) is None
+    assert sample(families, "nas_bohb_budget_seconds_total", **labels) == 390.0
+    assert sample(families, "nas_bohb_budget_best_loss", **labels) == 0.3
+
+
+def test_report_start_time_from_progress_and_result() -> None:
+    assert metrics.report_start_time({"reportedAt": 1000.0, "trainSeconds": 40.0}) == 960.0
+    assert metrics.report_start_time(
+        {"reported_at": 1000.0, "wall_seconds": 50.0, "train_seconds": 40.0}) == 950.0
+    assert metrics.report_start_time({"reported_at": 1000.0, "train_seconds": 40.0}) == 960.0
+    assert metrics.report_start_time({"epoch": 1, "trainSeconds": 4.0}) is None
+    assert metrics.report_start_time({"reportedAt": 1000.0}) is None
+    assert metrics.report_start_time({"reportedAt": "soon", "trainSeconds": 1}) is None
+    assert metrics.report_start_time({"reportedAt": 1000.0, "trainSeconds": -1}) is None
+    assert metrics.report_start_time({"reportedAt": math.nan, "trainSeconds": 1}) is None
+    assert metrics.report_start_time({"reportedAt": True, "trainSeconds": 1}) is None
+
+
+def test_scheduling_wait_seconds() -> None:
+    report = {"reportedAt": 1030.0, "trainSeconds": 20.0}
+    assert metrics.scheduling_wait_seconds(1000.0, report, 1031.0) == 10.0
+    # Without a start time in the report: when the operator read it, if that counts.
+    assert metrics.scheduling_wait_seconds(1000.0, {"epoch": 1}, 1012.5) == 12.5
+    assert metrics.scheduling_wait_seconds(1000.0, {"epoch": 1}, 1012.5,
+                                           seen_counts=False) is None
+    # Adopted Jobs still use the report's start time.
+    assert metrics.scheduling_wait_seconds(1000.0, report, 5000.0, seen_counts=False) == 10.0
+    # Unknown creation: nothing; clock skew: clamped to [0, seen - created].
+    assert metrics.scheduling_wait_seconds(None, report, 1031.0) is None
+    assert metrics.scheduling_wait_seconds(1000.0, {"reportedAt": 990.0, "trainSeconds": 5},
+                                           1031.0) == 0.0
+    assert metrics.scheduling_wait_seconds(1000.0, {"reportedAt": 2000.0, "trainSeconds": 0},
+                                           1031.0) == 31.0
+
+
+def test_scheduling_wait_is_observed_per_budget(families: metrics.Families) -> None:
+    m = make_search(families)
+    labels = {"namespace": "team-a", "search": "cifar", "budget": "400"}
+    m.trial_started(400)
+    m.scheduling_wait(400, 3.0)
+    m.scheduling_wait(400, -1.0)  # Dropped.
+    m.scheduling_wait(400, math.inf)  # Dropped.
+    assert sample(families, "nas_bohb_trial_scheduling_wait_seconds_count", **labels) == 1
+    assert sample(families, "nas_bohb_trial_scheduling_wait_seconds_sum", **labels) == 3.0
+
+
+def test_parse_timestamp() -> None:
+    assert metrics.parse_timestamp("1970-01-01T00:01:40Z") == 100.0
+    assert metrics.parse_timestamp("1970-01-01T00:01:40+00:00") == 100.0
+    assert metrics.parse_timestamp("1970-01-01T00:01:40") == 100.0
+    assert metrics.parse_timestamp("yesterday") is None
+    assert metrics.parse_timestamp(None) is None
+    assert metrics.parse_timestamp("") is None
+
+
+def test_ledger_losses_replays_successful_bohb_results() -> None:
+    ok = {"status": "ok", "validation_error": 0.3}
+    events = [
+        {"event": "search_started", "spec": {}},
+        {"event": "started", "trial_id": "t1", "config_id": "c1", "kind": "bohb",
+         "budget": 400, "attempt": 1},
+        {"event": "released", "trial_id": "t1", "attempt": 1},
+        {"event": "started", "trial_id": "t1", "config_id": "c1", "kind": "bohb",
+         "budget": 400, "attempt": 2},
+        {"event": "finished", "trial_id": "t1", "outcome": ok},
+        {"event": "started", "trial_id": "t2", "config_id": "c2", "kind": "bohb",
+         "budget": 400, "attempt": 1},
+        {"event": "finished", "trial_id": "t2", "outcome": {"status": "crashed",
+                                                             "validation_error": None}},
+        {"event": "started", "trial_id": "t3", "config_id": "c1", "kind": "bohb",
+         "budget": 1200, "attempt": 1},
+        {"event": "finished", "trial_id": "t3", "outcome": {**ok, "validation_error": 0.2}},
+        {"event": "started", "trial_id": "b1", "config_id": "base", "kind": "baseline",
+         "budget": 1200, "attempt": 1},
+        {"event": "finished", "trial_id": "b1", "outcome": ok},
+        {"event": "finished", "trial_id": "ghost", "outcome": ok},
+    ]
+    assert metrics.ledger_losses(events) == {400.0: {"c1": 0.3}, 1200.0: {"c1": 0.2}}
+    assert metrics.ledger_losses([]) == {}
 
 
 def test_dispatch_timer_observes_one_dispatch(families: metrics.Families) -> None:
