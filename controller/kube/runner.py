@@ -895,7 +895,13 @@ class SearchRunner:
         await self._post_events(wait=True)
         self._status_wanted = self._desired_status(out)
         if self.terminal:
-            await self._write_status()  # The final word, before the engine goes away.
+            # The final word, before the engine goes away. One writer at a time: a write
+            # still in flight from an earlier pass would otherwise land after this one
+            # (after a conflict it re-reads and re-applies its older wish), leaving a
+            # finished search shown as Running. That writer takes this status next.
+            if self._status_task is not None and not self._status_task.done():
+                await self._status_task
+            await self._write_status()
         elif self._status_task is None or self._status_task.done():
             # A status write of a big search can take a while on a busy API server; the
             # next pass (and its dispatches) must not wait for it.
